@@ -1,0 +1,119 @@
+"""Command line: parse, configure logging, dispatch, map errors to exit codes. No logic here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from matomo_rt import __version__
+from matomo_rt.config import ConfigError
+from matomo_rt.tail import LockedError, ReaderError, StateError
+
+# Exit codes (documented in README.md). Values follow sysexits.h where one fits.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the work failed (importer, archiver); the reason is logged
+EXIT_USAGE = 2  # bad command line
+EXIT_NOINPUT = 66  # the log file is missing or unreadable
+EXIT_CANTCREAT = 73  # the state cannot be written
+EXIT_TEMPFAIL = 75  # another matomo-rt holds the source's lock: try again later
+EXIT_CONFIG = 78  # the configuration is invalid
+
+log = logging.getLogger("matomo_rt")
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    if verbosity < -1:
+        level = logging.ERROR
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("matomo-rt: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from matomo_rt.tail.logtail import run_tail
+
+    logfile = args.file or args.logfile
+    if logfile is None:
+        raise SystemExit("matomo-rt tail: give the log file (tail -f FILE or tail FILE)")
+    offset = args.offset_file or args.offsetfile
+    return run_tail(
+        Path(logfile),
+        Path(offset) if offset else None,
+        start_at=args.start_at,
+        test_mode=args.test,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matomo-rt",
+        description="Stream web-server logs into Matomo: every request exactly once.",
+    )
+    parser.add_argument("--version", action="version", version=f"matomo-rt {__version__}")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="configuration file (default: $MATOMO_RT_CONFIG or /etc/matomo-rt/config.toml)",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    tail = sub.add_parser(
+        "tail",
+        help="print lines added to a log since the last call (logtail drop-in)",
+        description="Print the complete lines added to FILE since the offset in OFFSET_FILE, "
+        "following rotations (renamed, dated, compressed, copytruncated), then save the "
+        "new offset. Exit codes: 0 ok, 1 output failed (offset kept), 66 no such log, "
+        "73 offset file not writable, 75 another instance runs on this offset file.",
+    )
+    tail.add_argument("-f", dest="file", metavar="FILE", help="the log file")
+    tail.add_argument(
+        "-o", dest="offset_file", metavar="OFFSET_FILE", help="offset file (default FILE.offset)"
+    )
+    tail.add_argument("-t", dest="test", action="store_true", help="do not save the new offset")
+    tail.add_argument(
+        "--start-at",
+        choices=("beginning", "end"),
+        default="beginning",
+        help="first run without an offset file: print the whole file (default, as logtail) "
+        "or only lines added from now on",
+    )
+    tail.add_argument("logfile", nargs="?", help=argparse.SUPPRESS)
+    tail.add_argument("offsetfile", nargs="?", help=argparse.SUPPRESS)
+    tail.set_defaults(func=_cmd_tail)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose - args.quiet)
+    func: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return EXIT_CONFIG
+    except LockedError as exc:
+        log.error("%s", exc)
+        return EXIT_TEMPFAIL
+    except StateError as exc:
+        log.error("%s", exc)
+        return EXIT_CANTCREAT
+    except ReaderError as exc:
+        log.error("%s", exc)
+        return EXIT_NOINPUT
+    except KeyboardInterrupt:
+        return 130

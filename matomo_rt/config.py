@@ -1,0 +1,440 @@
+"""Load and validate the TOML configuration into frozen dataclasses.
+
+Every problem is collected and reported at once, each naming the file and the key path, because a
+service that fails one typo at a time costs a restart per typo at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on old Pythons only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/matomo-rt/config.toml")
+CONFIG_ENV = "MATOMO_RT_CONFIG"
+TOKEN_ENV = "MATOMO_TOKEN_AUTH"
+
+START_AT_CHOICES = ("beginning", "end")
+ON_UNCERTAIN_CHOICES = ("resend", "skip")
+DEFAULT_IMPORT_FLAGS = ("--enable-http-errors", "--enable-http-redirects")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; str() is one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class MatomoConfig:
+    url: Optional[str] = None
+    path: Optional[Path] = None
+    import_logs: Optional[Path] = None
+    python: str = "python3"
+    php: str = "php"
+    token_auth_file: Optional[Path] = None
+
+    @property
+    def import_logs_script(self) -> Optional[Path]:
+        """The importer: the explicit override, else the one every Matomo ships."""
+        if self.import_logs is not None:
+            return self.import_logs
+        if self.path is not None:
+            return self.path / "misc" / "log-analytics" / "import_logs.py"
+        return None
+
+    @property
+    def console(self) -> Optional[Path]:
+        return None if self.path is None else self.path / "console"
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    interval: float = 60.0
+    batch_lines: int = 10_000
+    batch_bytes: int = 8 * 1024 * 1024
+    timeout: float = 600.0
+    flags: tuple[str, ...] = DEFAULT_IMPORT_FLAGS
+    recorders: int = 1
+    on_uncertain: str = "resend"
+    start_at: str = "end"
+    max_batches_per_tick: int = 100
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    name: str
+    path: Path
+    idsite: Optional[int] = None
+    flags: tuple[str, ...] = ()
+    start_at: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    enabled: bool = True
+    schedule: str = "5 * * * *"
+    timeout: float = 3600.0
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    dir: Path = Path("/var/lib/matomo-rt")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile: Optional[Path] = None
+    listen: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    stop_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    matomo: MatomoConfig = field(default_factory=MatomoConfig)
+    import_: ImportConfig = field(default_factory=ImportConfig)
+    logs: tuple[LogConfig, ...] = ()
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+    def log(self, name: str) -> LogConfig:
+        for log in self.logs:
+            if log.name == name:
+                return log
+        known = ", ".join(log.name for log in self.logs) or "none"
+        raise ConfigError(
+            [f"{self.source.name}: no [[logs]] entry named {name!r} (known: {known})"]
+        )
+
+    def start_at(self, log: LogConfig) -> str:
+        return log.start_at or self.import_.start_at
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|M|G)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "k": 1024,
+    "KiB": 1024,
+    "KB": 1000,
+    "M": 1024**2,
+    "MiB": 1024**2,
+    "MB": 1000**2,
+    "G": 1024**3,
+    "GiB": 1024**3,
+    "GB": 1000**3,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 90, 1.5, "90s", "5m", "1h", "250ms"."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as 90, "90s", "5m"')
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError(f'{value!r} is not a duration (use 90, "90s", "5m", "1h")')
+    if seconds <= 0:
+        raise ValueError(f"{value!r}: must be more than 0")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from 8388608, "8MiB", "512KiB"."""
+    if isinstance(value, bool):
+        raise ValueError('expected a size such as 8388608 or "8MiB"')
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise ValueError(f'{value!r} is not a size (use 8388608, "8MiB", "512KiB")')
+    if size <= 0:
+        raise ValueError(f"{value!r}: must be more than 0")
+    return size
+
+
+class _Table:
+    """One TOML table being read: tracks used keys so unknown ones become errors."""
+
+    def __init__(self, loader: _Loader, data: dict[str, Any], where: str) -> None:
+        self.loader = loader
+        self.data = data
+        self.where = where
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(self, name: str, convert: Callable[[Any], Any], default: Any) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        try:
+            return convert(self.data[name])
+        except (ValueError, TypeError) as exc:
+            self.loader.error(self.key(name), str(exc))
+            return default
+
+    def finish(self) -> None:
+        for name in sorted(set(self.data) - self.used):
+            self.loader.error(self.key(name), "unknown key")
+
+
+class _Loader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def error(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.path.name}: {key}: {message}")
+
+    def table(self, data: dict[str, Any], name: str) -> _Table:
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            self.error(name, "must be a table")
+            value = {}
+        return _Table(self, value, name)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{value!r}: must be a whole number above 0")
+    return value
+
+
+def _path(value: Any) -> Path:
+    return Path(_str(value)).expanduser()
+
+
+def _flags(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError('must be a list of strings such as ["--enable-http-errors"]')
+    for flag in value:
+        if not flag.startswith("-"):
+            raise ValueError(f"{flag!r} is not an option (options start with -)")
+        if flag.split("=", 1)[0] in ("--token-auth", "--token_auth"):
+            raise ValueError("never put the token in flags: use matomo.token_auth_file")
+    return tuple(value)
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r}: must be one of {', '.join(map(repr, choices))}")
+        return value
+
+    return convert
+
+
+def _url(value: Any) -> str:
+    text = _str(value).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{value!r} is not an http(s) URL such as https://matomo.example.org")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: give Matomo's base URL, without ?query or #fragment")
+    return text
+
+
+def _listen(value: Any) -> str:
+    text = _str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r}: use HOST:PORT such as 127.0.0.1:9464")
+    return text
+
+
+def _cron(value: Any) -> str:
+    text = _str(value)
+    if len(text.split()) != 5:
+        raise ValueError(f'{value!r}: use a 5-field cron expression such as "5 * * * *"')
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(text)
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {exc}") from None
+    return text
+
+
+def _name(value: Any) -> str:
+    text = _str(value)
+    if not _NAME_RE.match(text):
+        raise ValueError(f"{value!r}: use letters, digits, '.', '_' or '-' (it names state files)")
+    return text
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file (give one with -c or {CONFIG_ENV})"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied (run as a user that can read it)"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a TOML file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path.name}: not valid TOML: {exc}"]) from None
+
+
+def default_config_path() -> Path:
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load(path: Path) -> Config:
+    """Read and validate `path`; raises ConfigError listing every problem."""
+    data = _read_toml(path)
+    loader = _Loader(path)
+    config = _build(loader, data, path)
+    if loader.problems:
+        raise ConfigError(loader.problems)
+    return config
+
+
+def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
+    base = path.parent
+    known_tables = {"matomo", "import", "logs", "archive", "state", "metrics", "service"}
+    for key in sorted(set(data) - known_tables):
+        loader.error(key, "unknown key")
+
+    def rel(p: Optional[Path]) -> Optional[Path]:
+        return None if p is None else (p if p.is_absolute() else base / p)
+
+    t = loader.table(data, "matomo")
+    matomo = MatomoConfig(
+        url=t.get("url", _url, None),
+        path=rel(t.get("path", _path, None)),
+        import_logs=rel(t.get("import_logs", _path, None)),
+        python=t.get("python", _str, "python3"),
+        php=t.get("php", _str, "php"),
+        token_auth_file=rel(t.get("token_auth_file", _path, None)),
+    )
+    t.finish()
+
+    t = loader.table(data, "import")
+    d = ImportConfig()
+    import_ = ImportConfig(
+        interval=t.get("interval", parse_duration, d.interval),
+        batch_lines=t.get("batch_lines", _positive_int, d.batch_lines),
+        batch_bytes=t.get("batch_bytes", parse_size, d.batch_bytes),
+        timeout=t.get("timeout", parse_duration, d.timeout),
+        flags=t.get("flags", _flags, d.flags),
+        recorders=t.get("recorders", _positive_int, d.recorders),
+        on_uncertain=t.get("on_uncertain", _choice(ON_UNCERTAIN_CHOICES), d.on_uncertain),
+        start_at=t.get("start_at", _choice(START_AT_CHOICES), d.start_at),
+        max_batches_per_tick=t.get("max_batches_per_tick", _positive_int, d.max_batches_per_tick),
+    )
+    if import_.interval < 1:
+        loader.error("import.interval", "must be at least 1s")
+    t.finish()
+
+    logs = _logs(loader, data.get("logs", []), rel)
+
+    t = loader.table(data, "archive")
+    d2 = ArchiveConfig()
+    archive = ArchiveConfig(
+        enabled=t.get("enabled", _bool, d2.enabled),
+        schedule=t.get("schedule", _cron, d2.schedule),
+        timeout=t.get("timeout", parse_duration, d2.timeout),
+        flags=t.get("flags", _flags, d2.flags),
+    )
+    t.finish()
+
+    t = loader.table(data, "state")
+    state = StateConfig(dir=rel(t.get("dir", _path, None)) or StateConfig().dir)
+    t.finish()
+
+    t = loader.table(data, "metrics")
+    metrics = MetricsConfig(
+        textfile=rel(t.get("textfile", _path, None)), listen=t.get("listen", _listen, None)
+    )
+    t.finish()
+
+    t = loader.table(data, "service")
+    service = ServiceConfig(stop_timeout=t.get("stop_timeout", parse_duration, 30.0))
+    t.finish()
+
+    return Config(
+        source=path,
+        matomo=matomo,
+        import_=import_,
+        logs=logs,
+        archive=archive,
+        state=state,
+        metrics=metrics,
+        service=service,
+    )
+
+
+def _logs(
+    loader: _Loader, raw: Any, rel: Callable[[Optional[Path]], Optional[Path]]
+) -> tuple[LogConfig, ...]:
+    if not isinstance(raw, list):
+        loader.error("logs", "must be an array of tables: [[logs]]")
+        return ()
+    logs: list[LogConfig] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(raw):
+        where = f"logs[{index}]"
+        if not isinstance(entry, dict):
+            loader.error(where, "must be a table")
+            continue
+        t = _Table(loader, entry, where)
+        path = rel(t.get("path", _path, None))
+        name = t.get("name", _name, None)
+        if path is None:
+            loader.error(f"{where}.path", "missing (the log file to import)")
+        if name is None and path is not None and "name" not in entry:
+            name = _NAME_FROM_PATH.sub("_", path.name).strip("._-") or f"log{index}"
+        if name in seen:
+            loader.error(f"{where}.name", f"{name!r} is used twice (names key the state files)")
+        seen.add(name or "")
+        idsite = t.get("idsite", _positive_int, None)
+        flags = t.get("flags", _flags, ())
+        start_at = t.get("start_at", _choice(START_AT_CHOICES), None)
+        t.finish()
+        if path is not None and name is not None:
+            logs.append(LogConfig(name, path, idsite, flags, start_at))
+    return tuple(logs)
+
+
+_NAME_FROM_PATH = re.compile(r"[^A-Za-z0-9._-]")

@@ -1,0 +1,96 @@
+"""What makes a log file "the same file": its inode and a fingerprint of its first bytes.
+
+The inode alone lies (inodes are reused after delete-and-recreate, and change when logrotate
+compresses a generation); the head alone lies for empty files. Together, and with the head read
+through decompression, they follow one generation of a log from `access.log` to
+`access.log.1` to `access.log.2.gz`.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Optional
+
+#: How many head bytes identify a file. Longer than one nginx line (so the timestamp and client
+#: of the first request are in it), short enough to hash on every pass.
+FINGERPRINT_BYTES = 1024
+
+_DECOMPRESSORS: dict[str, Callable[[str], BinaryIO]] = {
+    ".gz": lambda p: gzip.open(p, "rb"),  # type: ignore[dict-item]
+    ".bz2": lambda p: bz2.open(p, "rb"),  # type: ignore[dict-item]
+    ".xz": lambda p: lzma.open(p, "rb"),  # type: ignore[dict-item]
+}
+
+
+def compression_of(name: str) -> Optional[str]:
+    """The compression suffix a rotated file's name carries, if any."""
+    for suffix in _DECOMPRESSORS:
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def open_log(path: str, compression: Optional[str]) -> BinaryIO:
+    """Open a generation for reading its (decompressed) bytes."""
+    if compression is None:
+        return open(path, "rb", buffering=0)
+    return _DECOMPRESSORS[compression](path)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """SHA-256 of the first `length` bytes of a file's (decompressed) content."""
+
+    length: int
+    digest: str
+
+    @classmethod
+    def of(cls, head: bytes) -> Fingerprint:
+        head = head[:FINGERPRINT_BYTES]
+        return cls(len(head), hashlib.sha256(head).hexdigest())
+
+    def matches(self, head: bytes) -> bool:
+        """True when `head` (at least `length` bytes of a file) starts like this fingerprint."""
+        if self.length == 0 or len(head) < self.length:
+            return False
+        return hashlib.sha256(head[: self.length]).hexdigest() == self.digest
+
+    def to_json(self) -> dict[str, object]:
+        return {"length": self.length, "sha256": self.digest}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Fingerprint:
+        length, digest = data["length"], data["sha256"]
+        if not isinstance(length, int) or not isinstance(digest, str):
+            raise ValueError("fingerprint must have an integer length and a sha256 string")
+        return cls(length, digest)
+
+
+def read_head(path: str, compression: Optional[str] = None) -> bytes:
+    """The first FINGERPRINT_BYTES of a file, decompressed when it is compressed.
+
+    A truncated or corrupt compressed file yields what could be decompressed: a generation that
+    logrotate is still writing must not stop the reader.
+    """
+    if compression is None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.pread(fd, FINGERPRINT_BYTES, 0)
+        finally:
+            os.close(fd)
+    out = b""
+    try:
+        with open_log(path, compression) as fh:
+            while len(out) < FINGERPRINT_BYTES:
+                piece = fh.read(FINGERPRINT_BYTES - len(out))
+                if not piece:
+                    break
+                out += piece
+    except (OSError, EOFError, lzma.LZMAError):
+        pass
+    return out

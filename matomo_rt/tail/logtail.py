@@ -1,0 +1,95 @@
+"""`matomo-rt tail`: the reader alone, as a drop-in for logtail/logtail2.
+
+New complete lines go to stdout in large writes; the offset is committed only after every byte
+was written, so a broken pipe or a crash repeats lines rather than losing them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from matomo_rt.tail.identity import Fingerprint, read_head
+from matomo_rt.tail.position import Generation, Position
+from matomo_rt.tail.reader import LogReader
+from matomo_rt.tail.store import SourceLock, StateError, load_state
+
+LOGTAIL_OFFSET_SUFFIX = ".offset"
+
+
+def default_offset_file(log: Path) -> Path:
+    """Where logtail keeps its offset, so switching tools keeps the position."""
+    return log.with_name(log.name + LOGTAIL_OFFSET_SUFFIX)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def from_logtail_offset(log: Path, offset_file: Path) -> Optional[Position]:
+    """Continue where logtail stopped: its offset file holds "inode\\noffset\\n".
+
+    Returns None when the file is not in logtail's format (or the inode is gone).
+    """
+    try:
+        fields = offset_file.read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(fields) != 2 or not all(f.isdigit() for f in fields):
+        return None
+    ino, offset = int(fields[0]), int(fields[1])
+    candidates = [log, *sorted(log.parent.glob(log.name + "*"))]
+    for path in candidates:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if st.st_ino == ino and path.suffix not in (".gz", ".bz2", ".xz"):
+            gen = Generation(
+                st.st_dev, ino, Fingerprint.of(read_head(str(path))), offset, path.name
+            )
+            return Position(initialized=True, current=gen)
+    return None
+
+
+def run_tail(
+    log: Path,
+    offset_file: Optional[Path],
+    start_at: str = "beginning",
+    test_mode: bool = False,
+    out_fd: int = 1,
+) -> int:
+    """Print what is new in `log` since the offset in `offset_file`; returns an exit code."""
+    offset_file = offset_file or default_offset_file(log)
+    with SourceLock(offset_file.with_name(offset_file.name + ".lock")):
+        position: Optional[Position] = None
+        try:
+            load_state(offset_file)
+        except StateError:
+            position = from_logtail_offset(log, offset_file)
+            if position is None:
+                raise
+            print(f"matomo-rt: {offset_file}: continuing from logtail's offset", file=sys.stderr)
+            offset_file.unlink()
+        reader = LogReader(log, offset_file, start_at=start_at)
+        if position is not None:
+            reader.committed = position
+        if not log.exists() and not reader.committed.initialized:
+            print(f"matomo-rt: {log}: no such file", file=sys.stderr)
+            return 66
+        try:
+            for chunk in reader.chunks():
+                _write_all(out_fd, chunk.data)
+        except BrokenPipeError:
+            return 1
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                return 1
+            raise
+        if not test_mode:
+            reader.commit(reader.planned)
+    return 0

@@ -1,0 +1,97 @@
+"""The reader's position: which generation of the log it is in, how far, and what it finished.
+
+It is a value (frozen, JSON round-trip) so a batch can carry "the position after line N" without
+touching the disk; only the caller's commit makes it durable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Optional
+
+from matomo_rt.tail.identity import Fingerprint
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One file of a log's rotation history, known by inode and head fingerprint.
+
+    `offset` counts decompressed bytes already handed on. It is None for a compressed file
+    that existed before the first run and was never read (its length was never needed).
+    """
+
+    dev: int
+    ino: int
+    fp: Fingerprint
+    offset: Optional[int]
+    name: str
+    compression: Optional[str] = None
+
+    def same_file(self, dev: int, ino: int) -> bool:
+        return self.dev == dev and self.ino == ino
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dev": self.dev,
+            "ino": self.ino,
+            "fingerprint": self.fp.to_json(),
+            "offset": self.offset,
+            "name": self.name,
+            "compression": self.compression,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Generation:
+        gen = cls(
+            dev=data["dev"],
+            ino=data["ino"],
+            fp=Fingerprint.from_json(data["fingerprint"]),
+            offset=data["offset"],
+            name=data["name"],
+            compression=data.get("compression"),
+        )
+        if not isinstance(gen.dev, int) or not isinstance(gen.ino, int):
+            raise ValueError("dev and ino must be integers")
+        if gen.offset is not None and (not isinstance(gen.offset, int) or gen.offset < 0):
+            raise ValueError("offset must be a non-negative integer or null")
+        return gen
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where reading resumes.
+
+    `current` is the generation being read (normally the live file); None after a rotated
+    generation was finished and before the next one was started, or before a first run.
+    `finished` are rotated generations read to their end, kept to recognise them under new names
+    and to pick up lines written to them after the rename. `initialized` separates "first run"
+    (what exists is history) from "between generations" (what appears is new).
+    """
+
+    initialized: bool = False
+    current: Optional[Generation] = None
+    finished: tuple[Generation, ...] = ()
+
+    def with_current(self, gen: Optional[Generation]) -> Position:
+        return replace(self, initialized=True, current=gen)
+
+    def with_finished(self, gen: Generation) -> Position:
+        """Record `gen` (replacing any older record of the same file) as finished."""
+        rest = tuple(f for f in self.finished if f.fp != gen.fp)
+        return replace(self, initialized=True, finished=(*rest, gen))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "initialized": self.initialized,
+            "current": None if self.current is None else self.current.to_json(),
+            "finished": [g.to_json() for g in self.finished],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Position:
+        current = data.get("current")
+        return cls(
+            initialized=bool(data.get("initialized", True)),
+            current=None if current is None else Generation.from_json(current),
+            finished=tuple(Generation.from_json(g) for g in data.get("finished", [])),
+        )

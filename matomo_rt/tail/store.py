@@ -1,0 +1,135 @@
+"""Durable state files and the per-source lock.
+
+A state file is the only record of what Matomo already holds, so it is replaced atomically (temp
+file in the same directory, fsync, rename, fsync the directory) and a damaged one is a loud error,
+never a silent restart from zero: that would import the whole log a second time.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+STATE_FORMAT = 1
+
+
+class StateError(Exception):
+    """The state file cannot be read or written; the message says which and the way out."""
+
+
+class LockedError(Exception):
+    """Another process works on this source; the message names it."""
+
+
+def load_state(path: Path) -> Optional[dict[str, Any]]:
+    """The stored document, or None when there is none yet (a first run)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise StateError(f"{path}: permission denied reading the state file") from None
+    except IsADirectoryError:
+        raise StateError(f"{path}: is a directory, expected a state file") from None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise StateError(
+            f"{path}: state file is corrupt (not JSON); inspect it, then move it aside and set "
+            "the position with `matomo-rt seek`"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise StateError(
+            f"{path}: state format {found!r} is not {STATE_FORMAT}; written by another version? "
+            "move it aside and set the position with `matomo-rt seek`"
+        )
+    return data
+
+
+def save_state(path: Path, data: dict[str, Any]) -> None:
+    """Atomically replace `path` with `data` (plus the format marker)."""
+    document = {"format": STATE_FORMAT, **data}
+    payload = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
+    directory = path.parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise StateError(f"{directory}: cannot write state: {exc.strerror}") from None
+    try:
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        hint = " (disk full?)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise StateError(f"{path}: cannot write state: {exc.strerror}{hint}") from None
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+class SourceLock:
+    """A non-blocking flock held for as long as one process works on one source.
+
+    The holder's pid is written into the file so a second instance can say who holds it. The
+    lock dies with the process, so a crash never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot open lock file: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(
+                f"{self.path}: held by pid {holder}; another matomo-rt works on this source"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> SourceLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

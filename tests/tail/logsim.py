@@ -1,0 +1,144 @@
+"""A small simulator of a log being written and rotated the ways logrotate rotates it.
+
+It knows which lines it wrote to which generation, so tests can compare what the reader
+handed on with the truth. Compressed generations keep the mtime of their source, as logrotate
+does, because the reader orders generations by it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+COMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def line_for(number: int, width: int = 40) -> bytes:
+    """A unique line whose first bytes already differ from every other line's."""
+    tag = hashlib.sha1(str(number).encode()).hexdigest()[:10]
+    body = f'{tag}-{number:07d} {{"path": "/p/{number}"}}'
+    return (body + "x" * max(0, width - len(body))).encode() + b"\n"
+
+
+class LogSim:
+    """Writes `access.log` in `directory` and rotates it; records every line written."""
+
+    def __init__(self, directory: Path, name: str = "access.log") -> None:
+        self.dir = directory
+        self.live = directory / name
+        self.live.write_bytes(b"")
+        self.counter = 0
+        self.dated = 0
+        self.partial: Optional[bytes] = None  # rest of a line not yet written
+        self.expected: list[bytes] = []  # complete lines, in the order they became complete
+        self.open_fragment: Optional[bytes] = None  # written part of the unfinished line
+
+    # writing ---------------------------------------------------------------------------
+    def append(self, lines: int, partial: bool = False, width: int = 40) -> None:
+        with self.live.open("ab") as fh:
+            if self.open_fragment is not None and self.partial is not None:
+                fh.write(self.partial)
+                self.expected.append(self.open_fragment + self.partial)
+                self.open_fragment = self.partial = None
+            for _ in range(lines):
+                self.counter += 1
+                line = line_for(self.counter, width)
+                fh.write(line)
+                self.expected.append(line)
+            if partial:
+                self.counter += 1
+                line = line_for(self.counter, width)
+                cut = max(12, len(line) // 2)
+                fh.write(line[:cut])
+                self.open_fragment, self.partial = line[:cut], line[cut:]
+
+    def append_to(self, path: Path, lines: int) -> None:
+        """Lines nginx writes to a renamed file before it reopens its log."""
+        with path.open("ab") as fh:
+            for _ in range(lines):
+                self.counter += 1
+                line = line_for(self.counter)
+                fh.write(line)
+                self.expected.append(line)
+
+    def _close_fragment(self) -> None:
+        """A rotated file will not grow: its unterminated last line counts as complete."""
+        if self.open_fragment is not None:
+            self.expected.append(self.open_fragment + b"\n")
+            self.open_fragment = self.partial = None
+
+    # rotating --------------------------------------------------------------------------
+    def numbered(self) -> list[Path]:
+        out = []
+        for p in self.dir.iterdir():
+            rest = p.name[len(self.live.name) :]
+            if p.name.startswith(self.live.name) and rest[:1] == "." and rest[1:2].isdigit():
+                out.append(p)
+        return out
+
+    def _shift(self) -> None:
+        def number(p: Path) -> int:
+            return int(p.name[len(self.live.name) + 1 :].split(".")[0])
+
+        for p in sorted(self.numbered(), key=number, reverse=True):
+            n = number(p)
+            suffix = p.name[len(self.live.name) + 1 + len(str(n)) :]
+            p.rename(self.dir / f"{self.live.name}.{n + 1}{suffix}")
+
+    def compress(self, path: Path, suffix: str = ".gz") -> Path:
+        target = path.with_name(path.name + suffix)
+        with path.open("rb") as src, COMPRESSORS[suffix](target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        st = path.stat()
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        path.unlink()
+        return target
+
+    def rotate_rename(self, compress: Optional[str] = None, delay: bool = True) -> Path:
+        """rename + create; `compress` now, or on the next rotation with delaycompress."""
+        self._close_fragment()
+        self._shift()
+        rotated = self.dir / f"{self.live.name}.1"
+        self.live.rename(rotated)
+        self.live.write_bytes(b"")
+        if compress:
+            if delay:
+                second = self.dir / f"{self.live.name}.2"
+                if second.exists():
+                    self.compress(second, compress)
+            else:
+                rotated = self.compress(rotated, compress)
+        return rotated
+
+    def rotate_dateext(self, compress: Optional[str] = None, hourly: bool = False) -> Path:
+        self._close_fragment()
+        self.dated += 1
+        stamp = f"2026112{self.dated // 24 % 10}{self.dated % 24:02d}" if hourly else None
+        stamp = stamp or f"2026{self.dated:04d}"
+        rotated = self.dir / f"{self.live.name}-{stamp}"
+        self.live.rename(rotated)
+        self.live.write_bytes(b"")
+        if compress:
+            rotated = self.compress(rotated, compress)
+        return rotated
+
+    def rotate_copytruncate(self) -> Path:
+        self._close_fragment()
+        self._shift()
+        copy = self.dir / f"{self.live.name}.1"
+        shutil.copy2(self.live, copy)
+        with self.live.open("r+b") as fh:
+            fh.truncate(0)
+        return copy
+
+    def delete_and_recreate(self) -> None:
+        """rm + create: an unfinished last line of the deleted file is gone with it."""
+        self.open_fragment = self.partial = None
+        self.live.unlink()
+        self.live.write_bytes(b"")

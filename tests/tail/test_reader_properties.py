@@ -1,0 +1,121 @@
+"""Property: whatever the writer and logrotate do, what the reader commits is what was written.
+
+Random appends (with unfinished last lines), every kind of rotation (several between two reads),
+late writes to a renamed file, delete-and-recreate (which often reuses the inode), and reader
+crashes between reading and committing. After a final catch-up, the committed lines equal the
+written ones: none lost, none twice, each generation in order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from matomo_rt.tail import LogReader
+from tests.tail.logsim import LogSim
+
+COMPRESSION = st.sampled_from([None, ".gz", ".bz2", ".xz"])
+
+
+class ReaderMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="matomo-rt-prop-"))
+        self.sim = LogSim(self.tmp)
+        self.state = self.tmp / "state.json"
+        self.committed: list[bytes] = []
+        self.renamed_last = False  # nginx may still write to `.1` until it reopens
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @initialize(scheme=st.sampled_from(["numbered", "dateext", "dateext-hourly"]))
+    def choose_scheme(self, scheme: str) -> None:
+        """The service was running before the log saw traffic: its first pass saw nothing."""
+        self.scheme = scheme
+        self._take(1, 1, commit=True)
+
+    def reader(self) -> LogReader:
+        return LogReader(self.sim.live, self.state, start_at="beginning", chunk_bytes=64)
+
+    def _take(self, batch_lines: int, batch_bytes: int, commit: bool) -> int:
+        reader = self.reader()
+        batch = reader.read_batch(batch_lines, batch_bytes)
+        if commit:
+            self.committed.extend(batch.iter_lines())
+            reader.commit(batch.end)
+        return batch.lines
+
+    @rule(lines=st.integers(0, 6), partial=st.booleans(), width=st.integers(30, 150))
+    def append(self, lines: int, partial: bool, width: int) -> None:
+        self.sim.append(lines, partial, width)
+
+    @rule(compress=COMPRESSION, delay=st.booleans())
+    def rotate(self, compress: str | None, delay: bool) -> None:
+        if self.scheme == "numbered":
+            self.sim.rotate_rename(compress, delay)
+            self.renamed_last = not compress or delay
+        else:
+            self.sim.rotate_dateext(compress, hourly=self.scheme == "dateext-hourly")
+
+    @precondition(lambda self: self.renamed_last)
+    @rule(lines=st.integers(1, 3))
+    def late_write_to_renamed(self, lines: int) -> None:
+        first = self.sim.dir / f"{self.sim.live.name}.1"
+        # nginx writes whole lines: a renamed file ends in a newline unless nginx crashed.
+        if first.exists() and first.read_bytes()[-1:] in (b"", b"\n"):
+            self.sim.append_to(first, lines)
+
+    @precondition(lambda self: self.scheme == "numbered")
+    @rule()
+    def copytruncate(self) -> None:
+        self.sim.rotate_copytruncate()
+        self.renamed_last = False
+
+    @rule()
+    def delete_and_recreate_after_catch_up(self) -> None:
+        self.catch_up()
+        self.sim.delete_and_recreate()
+        self.renamed_last = False
+
+    @rule(batch_lines=st.integers(1, 7), batch_bytes=st.integers(1, 400))
+    def read_and_commit(self, batch_lines: int, batch_bytes: int) -> None:
+        self._take(batch_lines, batch_bytes, commit=True)
+
+    @rule(batch_lines=st.integers(1, 7), batch_bytes=st.integers(1, 400))
+    def read_then_crash(self, batch_lines: int, batch_bytes: int) -> None:
+        self._take(batch_lines, batch_bytes, commit=False)
+
+    @rule()
+    def catch_up(self) -> None:
+        for _ in range(10_000):
+            if self._take(50, 1 << 20, commit=True) == 0:
+                break
+        done = [line for line in self.sim.expected]
+        # Every complete line so far is committed once, and nothing else.
+        assert sorted(self.committed) == sorted(done)
+
+    @invariant()
+    def never_twice(self) -> None:
+        assert len(set(self.committed)) == len(self.committed), "a line was committed twice"
+
+    @invariant()
+    def only_written_lines(self) -> None:
+        written = set(self.sim.expected)
+        stray = [line for line in self.committed if line not in written]
+        assert not stray, f"committed lines never written (cut or merged): {stray[:3]}"
+
+
+ReaderMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("MATOMO_RT_EXAMPLES", "150")),
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestReaderProperties = ReaderMachine.TestCase
