@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from matomo_rt import __version__
-from matomo_rt.config import ConfigError
+from matomo_rt.config import Config, ConfigError, default_config_path
+from matomo_rt.config import load as load_config
 from matomo_rt.tail import LockedError, ReaderError, StateError
 
 # Exit codes (documented in README.md). Values follow sysexits.h where one fits.
@@ -19,6 +20,7 @@ EXIT_USAGE = 2  # bad command line
 EXIT_NOINPUT = 66  # the log file is missing or unreadable
 EXIT_CANTCREAT = 73  # the state cannot be written
 EXIT_TEMPFAIL = 75  # another matomo-rt holds the source's lock: try again later
+EXIT_NOPERM = 77  # Matomo refused the token (imports paused for an hour or until it changes)
 EXIT_CONFIG = 78  # the configuration is invalid
 
 log = logging.getLogger("matomo_rt")
@@ -48,6 +50,18 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         start_at=args.start_at,
         test_mode=args.test,
     )
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    path = Path(args.config) if args.config else default_config_path()
+    return load_config(path)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from matomo_rt.commands import run_import
+
+    config = _load_config(args)
+    return run_import(config, args.log or None, dry_run=args.dry_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("logfile", nargs="?", help=argparse.SUPPRESS)
     tail.add_argument("offsetfile", nargs="?", help=argparse.SUPPRESS)
     tail.set_defaults(func=_cmd_tail)
+
+    imp = sub.add_parser(
+        "import",
+        help="import what is new in every log now, until caught up (for cron/timers)",
+        description="One pass over every configured log (or those named with --log): read new "
+        "lines, check them, hand them to import_logs.py in bounded batches, and commit each "
+        "batch only once Matomo holds it. Exit codes: 0 caught up, 1 an import failed (the "
+        "offset was kept; it is retried next time), 75 another matomo-rt works on a log, "
+        "77 Matomo refused the token, 78 invalid configuration.",
+    )
+    imp.add_argument("--log", action="append", metavar="NAME", help="only this log (repeatable)")
+    imp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and check lines and run import_logs.py with --dry-run; commit nothing",
+    )
+    imp.set_defaults(func=_cmd_import)
     return parser
 
 

@@ -438,3 +438,53 @@ def _logs(
 
 
 _NAME_FROM_PATH = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def load_token(matomo: MatomoConfig) -> Optional[str]:
+    """The token_auth: from matomo.token_auth_file, else $MATOMO_TOKEN_AUTH, else None.
+
+    None lets import_logs.py fetch a token through Matomo's console, which works only on the
+    Matomo host itself.
+    """
+    path = matomo.token_auth_file
+    if path is None:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        return token or None
+    key = "matomo.token_auth_file"
+    try:
+        st = path.stat()
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError([f"{key}: {path}: no such file"]) from None
+    except PermissionError:
+        raise ConfigError(
+            [f"{key}: {path}: permission denied (make it readable by the service's user or group)"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{key}: {path}: cannot read: {exc.__class__.__name__}"]) from None
+    if not token:
+        raise ConfigError([f"{key}: {path}: is empty (put the token_auth in it)"])
+    if st.st_mode & 0o004:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s: %s is readable by every user; run: chmod o-r %s", key, path, path
+        )
+    return token
+
+
+def import_problems(config: Config) -> list[str]:
+    """What `import` and `run` need beyond a valid file: a URL, an importer, some logs."""
+    name = config.source.name
+    problems = []
+    if config.matomo.url is None:
+        problems.append(f"{name}: matomo.url: missing (Matomo's base URL)")
+    script = config.matomo.import_logs_script
+    if script is None:
+        problems.append(f"{name}: matomo.path: missing (Matomo's directory), or set import_logs")
+    elif not script.is_file():
+        key = "matomo.import_logs" if config.matomo.import_logs else "matomo.path"
+        problems.append(f"{name}: {key}: {script}: no such file (import_logs.py)")
+    if not config.logs:
+        problems.append(f"{name}: logs: no [[logs]] entry (which log files to import)")
+    return problems

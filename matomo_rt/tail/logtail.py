@@ -74,10 +74,9 @@ def run_tail(
             if position is None:
                 raise
             print(f"matomo-rt: {offset_file}: continuing from logtail's offset", file=sys.stderr)
-            offset_file.unlink()
-        reader = LogReader(log, offset_file, start_at=start_at)
-        if position is not None:
-            reader.committed = position
+        # logtail's file stays until our first commit replaces it: with -t, or when the output
+        # fails, the next run still starts from logtail's offset.
+        reader = LogReader(log, offset_file, start_at=start_at, position=position)
         if not log.exists() and not reader.committed.initialized:
             print(f"matomo-rt: {log}: no such file", file=sys.stderr)
             return 66

@@ -176,7 +176,10 @@ class LogReader:
         start_at: str = "end",
         chunk_bytes: int = CHUNK_BYTES,
         on_warning: Optional[Callable[[Warning_], None]] = None,
+        position: Optional[Position] = None,
     ) -> None:
+        """`position`, when given, replaces the stored one (taking over another tool's offset:
+        the state file is then not read, only replaced by the first commit)."""
         self.log_path = Path(log_path)
         self.state_path = Path(state_path)
         self.start_at = start_at
@@ -184,7 +187,7 @@ class LogReader:
         self.warnings: list[Warning_] = []
         self._on_warning = on_warning
         self.document: dict[str, Any] = {}
-        self.committed = self._load()
+        self.committed = self._load() if position is None else position
         self.planned = self.committed
 
     # -- state ---------------------------------------------------------------------------
@@ -311,8 +314,10 @@ class LogReader:
         finished: list[Generation] = []
         for gen in pos.finished:
             c = next((c for c in cands if gen.same_file(c.dev, c.ino)), None)
-            if c is not None and c.compression is None and not _head_ok(gen, c):
-                c = None  # inode reused by an unrelated file
+            if c is not None and not _head_ok(gen, c):
+                # Inode reused by an unrelated file: also a .gz, since `compress` frees the
+                # inode of the file it compressed and a later .gz or live file may get it.
+                c = None
             moved = c is None
             if c is None:
                 c = relocate(gen)
@@ -349,9 +354,12 @@ class LogReader:
                         known_fps.append(current.fp)
                         self._warn(
                             "copytruncate",
-                            f"truncated in place (copytruncate); finishing the copy {copy.name}"
-                            " from the stored offset. Lines written between the copy and the"
-                            " truncation are lost: prefer rename + reopen in logrotate",
+                            # A renamed-and-compressed generation frees its inode, which the
+                            # next `create` may reuse: that looks the same, and loses nothing.
+                            "truncated in place (copytruncate), or replaced by a new file on the"
+                            f" same inode; finishing the old content, now {copy.name}, from the"
+                            " stored offset. With copytruncate, lines written between the copy"
+                            " and the truncation are lost: prefer rename + reopen in logrotate",
                         )
                         gen = _extend(_moved(current, copy), copy.head())
                         steps.append(_Step("rotated", gen, copy.path))
@@ -369,8 +377,8 @@ class LogReader:
                         )
             else:
                 c = next((c for c in cands if current.same_file(c.dev, c.ino)), None)
-                if c is not None and c.compression is None and not _head_ok(current, c):
-                    c = None
+                if c is not None and not _head_ok(current, c):
+                    c = None  # inode reused (see above)
                 if c is None:
                     c = relocate(current)
                 if c is not None:

@@ -1,0 +1,102 @@
+"""The one-shot commands (`import`, …): the same functions the service's jobs call."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Optional
+
+from matomo_rt.config import Config, ConfigError, import_problems
+from matomo_rt.matomo import importer
+from matomo_rt.pipeline import PassReport, Source, open_sources
+from matomo_rt.tail import LockedError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_TEMPFAIL, EXIT_NOPERM, EXIT_CONFIG = 0, 1, 75, 77, 78
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+class _Progress:
+    """A one-line progress display on a terminal, for a large backlog only."""
+
+    def __init__(self, source: Source) -> None:
+        lag = source.lag_bytes() or 0
+        self.total = lag
+        self.enabled = sys.stderr.isatty() and lag >= PROGRESS_MIN_BYTES
+        self.source = source
+        self.started = time.monotonic()
+
+    def __call__(self, report: PassReport) -> None:
+        if not self.enabled:
+            return
+        left = self.source.lag_bytes() or 0
+        done = max(self.total - left, 0)
+        rate = done / max(time.monotonic() - self.started, 1e-6)
+        pct = 100.0 * done / self.total if self.total else 100.0
+        sys.stderr.write(
+            f"\r{self.source.name}: {done / 1e6:,.0f} of {self.total / 1e6:,.0f} MB ({pct:.0f}%),"
+            f" {report.lines_read:,} lines, {rate / 1e6:.1f} MB/s   "
+        )
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def run_import(config: Config, names: Optional[list[str]], dry_run: bool = False) -> int:
+    """Import every (named) log until caught up; the worst outcome decides the exit code."""
+    problems = import_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    codes = []
+    for source in open_sources(config, names, dry_run):
+        try:
+            source.open()
+        except LockedError as exc:
+            log.error("%s", exc)
+            codes.append(EXIT_TEMPFAIL)
+            continue
+        try:
+            codes.append(_import_one(source))
+        finally:
+            source.close()
+    return max(codes, default=EXIT_OK, key=_severity)
+
+
+def _import_one(source: Source) -> int:
+    progress = _Progress(source)
+    total = PassReport(source.name)
+    while True:
+        report = source.run_pass(on_batch=progress)
+        total.batches += report.batches
+        total.lines_read += report.lines_read
+        total.imported += report.imported
+        total.quarantined += report.quarantined
+        if report.error is not None or report.caught_up:
+            break
+    progress.finish()
+    if report.error is not None:
+        log.error("%s: %s", source.name, report.error)
+        if report.outcome == importer.AUTH:
+            return EXIT_NOPERM
+        if report.outcome == importer.USAGE:
+            return EXIT_CONFIG
+        return EXIT_FAILURE
+    log.info(
+        "%s: caught up: %d lines read, %d imported, %d quarantined, %d batches",
+        source.name,
+        total.lines_read,
+        total.imported,
+        total.quarantined,
+        total.batches,
+    )
+    return EXIT_OK
+
+
+def _severity(code: int) -> int:
+    return {EXIT_OK: 0, EXIT_TEMPFAIL: 1, EXIT_FAILURE: 2, EXIT_NOPERM: 3, EXIT_CONFIG: 4}.get(
+        code, 2
+    )

@@ -1,0 +1,1 @@
+"""Matomo's own programs (import_logs.py, console core:archive): argv in, outcome out."""

@@ -1,0 +1,404 @@
+"""One import pass for one log: read -> guard -> import -> commit.
+
+The offset moves only past lines Matomo holds (or that were quarantined, with their reason):
+after a clean import the whole batch, after `--skip=N` exactly the lines before N, after an
+outcome nobody can know (the importer killed mid-batch) what `on_uncertain` says. Everything
+else keeps the offset, so the same batch is offered again later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from matomo_rt import execute
+from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
+from matomo_rt.guard import GuardResult, Quarantine, guard
+from matomo_rt.matomo import importer
+from matomo_rt.tail import Batch, LogReader, SourceLock
+from matomo_rt.tail.position import Position
+
+log = logging.getLogger(__name__)
+
+AUTH_PAUSE_SECONDS = 3600.0
+MAX_BACKOFF_SECONDS = 900.0
+STDIN_CHUNK = 1 << 20
+
+
+@dataclass
+class PassReport:
+    """What one pass over one log did; the CLI and the service report it."""
+
+    log: str
+    batches: int = 0
+    lines_read: int = 0
+    imported: int = 0
+    quarantined: int = 0
+    committed_lines: int = 0
+    uncertain: int = 0
+    outcome: str = "idle"
+    error: Optional[str] = None
+    caught_up: bool = False
+    unmatched_hosts: set[str] = field(default_factory=set)
+
+
+def state_paths(config: Config, log_config: LogConfig) -> tuple[Path, Path, Path]:
+    """State file, lock file and quarantine file of one log, all in the state directory."""
+    base = config.state.dir / log_config.name
+    return (
+        base.with_name(base.name + ".state.json"),
+        base.with_name(base.name + ".lock"),
+        base.with_name(base.name + ".quarantine.jsonl"),
+    )
+
+
+def _auth_key(url: Optional[str], token: Optional[str]) -> str:
+    """Changes when the URL or token changes: a new token lifts the authentication pause."""
+    return hashlib.sha256(f"{url}\0{token}".encode()).hexdigest()[:16]
+
+
+def _stdin_chunks(lines: list[bytes]) -> Iterator[bytes]:
+    """Few large writes instead of one per line."""
+    piece: list[bytes] = []
+    size = 0
+    for line in lines:
+        piece.append(line)
+        size += len(line)
+        if size >= STDIN_CHUNK:
+            yield b"".join(piece)
+            piece, size = [], 0
+    if piece:
+        yield b"".join(piece)
+
+
+class Source:
+    """One configured log: its lock, reader, quarantine and statistics.
+
+    Open it (taking the lock) for as long as this process works on the log; the service keeps
+    it open, the one-shot commands for one pass.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        log_config: LogConfig,
+        token: Optional[str] = None,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.log_config = log_config
+        self.name = log_config.name
+        self.token = token
+        self.dry_run = dry_run
+        self.clock = clock
+        self.state_path, self.lock_path, quarantine_path = state_paths(config, log_config)
+        self.quarantine = Quarantine(quarantine_path, self.name)
+        self.lock = SourceLock(self.lock_path)
+        self.reader: Optional[LogReader] = None
+        self.consecutive_failures = 0
+        self.retry_at = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> Source:
+        self.lock.acquire()
+        try:
+            self.reader = LogReader(
+                self.log_config.path,
+                self.state_path,
+                start_at=self.config.start_at(self.log_config),
+            )
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def close(self) -> None:
+        self.reader = None
+        self.lock.release()
+
+    def __enter__(self) -> Source:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- statistics --------------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        assert self.reader is not None
+        stats = self.reader.document.get("stats")
+        return dict(stats) if isinstance(stats, dict) else {}
+
+    def _commit(self, position: Position, **updates: Any) -> None:
+        assert self.reader is not None
+        stats = self.stats
+        for key, value in updates.items():
+            if key.startswith("add_"):
+                name = key[4:]
+                stats[name] = int(stats.get(name, 0)) + int(value)
+            else:
+                stats[key] = value
+        if self.dry_run:
+            self.reader.committed = position
+            return
+        self.reader.commit(position, {"stats": stats})
+
+    def _record_error(self, outcome: str, reason: str, **extra: Any) -> None:
+        """Keep the offset, remember the error for `status`."""
+        assert self.reader is not None
+        error = {"time": self.clock(), "outcome": outcome, "reason": reason}
+        self._commit(self.reader.committed, last_error=error, add_failed_batches=1, **extra)
+
+    def auth_paused(self) -> Optional[str]:
+        """Why imports are paused after Matomo refused the token, or None."""
+        pause = self.stats.get("auth_pause")
+        if not isinstance(pause, dict):
+            return None
+        if pause.get("key") != _auth_key(self.config.matomo.url, self.token):
+            return None  # URL or token changed since: try again
+        until = float(pause.get("until", 0))
+        if self.clock() >= until:
+            return None
+        return (
+            f"Matomo refused the token; paused until "
+            f"{time.strftime('%H:%M:%S', time.localtime(until))} to avoid Matomo blocking this"
+            " host after repeated failed logins. Fix matomo.token_auth_file (the pause lifts"
+            " when the token changes)"
+        )
+
+    # -- the pass ----------------------------------------------------------------------
+
+    def run_pass(
+        self,
+        max_batches: Optional[int] = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_batch: Optional[Callable[[PassReport], None]] = None,
+    ) -> PassReport:
+        """Import batches until caught up, stopped, a failure, or `max_batches`."""
+        assert self.reader is not None, "open() the source first"
+        report = PassReport(self.name)
+        paused = self.auth_paused()
+        if paused:
+            report.outcome, report.error = importer.AUTH, paused
+            return report
+        limit = max_batches or self.config.import_.max_batches_per_tick
+        while report.batches < limit and not should_stop():
+            batch = self.reader.read_batch(
+                self.config.import_.batch_lines, self.config.import_.batch_bytes
+            )
+            if batch.lines == 0:
+                if batch.end != self.reader.committed:
+                    self._commit(batch.end)
+                report.caught_up = True
+                if report.outcome == "idle":
+                    report.outcome = importer.SUCCESS
+                break
+            report.batches += 1
+            report.lines_read += batch.lines
+            if not self._import_batch(batch, report):
+                break
+            if on_batch is not None:
+                on_batch(report)
+        if report.error is None:
+            self.consecutive_failures = 0
+            self.retry_at = 0.0
+        else:
+            self.consecutive_failures += 1
+            delay = min(
+                self.config.import_.interval * 2 ** (self.consecutive_failures - 1),
+                MAX_BACKOFF_SECONDS,
+            )
+            self.retry_at = self.clock() + delay
+        return report
+
+    def _import_batch(self, batch: Batch, report: PassReport) -> bool:
+        """Hand one batch to the importer and commit what its outcome allows."""
+        checked = guard(batch.iter_lines())
+        if not checked.lines:
+            self._quarantine_prefix(checked, batch.lines)
+            self._commit(
+                batch.end,
+                add_lines_read=batch.lines,
+                add_quarantined=len(checked.quarantined),
+            )
+            report.quarantined += len(checked.quarantined)
+            report.committed_lines += batch.lines
+            return True
+        result = self._run_importer(checked)
+        report.outcome = result.outcome
+        report.unmatched_hosts.update(result.unmatched_hosts)
+        if result.outcome == importer.SUCCESS:
+            self._commit_prefix(batch, checked, len(checked.lines), result, report)
+            if result.refused_hits:
+                log.warning(
+                    "%s: Matomo refused %d of %d requests (see import_logs.py's log lines)",
+                    self.name,
+                    result.refused_hits,
+                    result.imported,
+                )
+            self._warn_unmatched(result)
+            return True
+        if result.outcome in (importer.PARTIAL, importer.AUTH) and result.skip:
+            self._commit_prefix(batch, checked, result.skip, result, report)
+        if result.outcome == importer.UNCERTAIN:
+            report.uncertain += 1
+            if self.config.import_.on_uncertain == "skip":
+                log.warning(
+                    "%s: %s; on_uncertain = skip: moving past the batch (%d lines), some of"
+                    " which may not be in Matomo",
+                    self.name,
+                    result.reason,
+                    batch.lines,
+                )
+                self._commit_prefix(
+                    batch, checked, len(checked.lines), result, report, uncertain=True
+                )
+                report.error = result.reason
+                return False
+            log.warning(
+                "%s: %s; on_uncertain = resend: the batch (%d lines) will be sent again, so"
+                " requests recorded before the failure may be counted twice",
+                self.name,
+                result.reason,
+                batch.lines,
+            )
+        report.error = result.reason
+        extra: dict[str, Any] = {}
+        if result.outcome == importer.UNCERTAIN:
+            extra["add_uncertain_batches"] = 1
+        if result.outcome == importer.AUTH:
+            extra["auth_pause"] = {
+                "until": self.clock() + AUTH_PAUSE_SECONDS,
+                "key": _auth_key(self.config.matomo.url, self.token),
+            }
+            log.error(
+                "%s: Matomo refused the token (%s); no more imports for an hour or until the"
+                " token changes",
+                self.name,
+                result.reason,
+            )
+        else:
+            log.error("%s: import failed (%s): %s", self.name, result.outcome, result.reason)
+        self._record_error(result.outcome, result.reason, **extra)
+        return False
+
+    def _run_importer(self, checked: GuardResult) -> importer.ImportResult:
+        matomo = self.config.matomo
+        script = matomo.import_logs_script
+        if matomo.url is None or script is None:
+            raise ConfigError(import_problems(self.config))
+        argv = importer.build_argv(
+            matomo.python,
+            script,
+            matomo.url,
+            (*self.config.import_.flags, *self.log_config.flags),
+            recorders=self.config.import_.recorders,
+            idsite=self.log_config.idsite,
+            dry_run=self.dry_run,
+        )
+        secrets = [self.token] if self.token else []
+        try:
+            done = execute.run(
+                argv,
+                stdin=_stdin_chunks(checked.lines),
+                env_extra=importer.child_env(self.token),
+                timeout=self.config.import_.timeout,
+                secrets=secrets,
+            )
+        except execute.ExecError as exc:
+            return importer.ImportResult(importer.FAILED, None, reason=str(exc))
+        log.debug("%s: %s", self.name, done.describe(secrets))
+        return importer.classify(
+            done.returncode,
+            done.stdout.decode("utf-8", "replace"),
+            execute.redact(done.stderr.decode("utf-8", "replace"), secrets),
+            len(checked.lines),
+            timed_out=done.timed_out,
+        )
+
+    def _commit_prefix(
+        self,
+        batch: Batch,
+        checked: GuardResult,
+        sent: int,
+        result: importer.ImportResult,
+        report: PassReport,
+        uncertain: bool = False,
+    ) -> None:
+        """Commit the batch lines before the `sent`-th line given to the importer."""
+        before = checked.original_lines_before(sent)
+        lines = batch.lines if before < 0 else before
+        position = batch.end if before < 0 else batch.position_after_lines(before)
+        quarantined = self._quarantine_prefix(checked, lines)
+        now = self.clock()
+        updates: dict[str, Any] = {
+            "add_lines_read": lines,
+            "add_imported": result.imported if result.outcome == importer.SUCCESS else sent,
+            "add_ignored": result.ignored,
+            "add_quarantined": quarantined,
+            "add_normalised": checked.normalised,
+        }
+        if result.outcome == importer.SUCCESS:
+            updates["last_success"] = now
+        if uncertain:
+            updates["add_uncertain_batches"] = 1
+            updates["last_error"] = {
+                "time": now,
+                "outcome": result.outcome,
+                "reason": result.reason,
+            }
+        self._commit(position, **updates)
+        report.committed_lines += lines
+        report.quarantined += quarantined
+        report.imported += result.imported if result.outcome == importer.SUCCESS else sent
+
+    def _quarantine_prefix(self, checked: GuardResult, lines: int) -> int:
+        """Write the held-back lines among the first `lines` batch lines, before committing."""
+        held = [(reason, raw) for index, reason, raw in checked.quarantined if index < lines]
+        if held and not self.dry_run:
+            self.quarantine.add(held)
+            for reason, _ in held[:3]:
+                log.warning(
+                    "%s: quarantined a line: %s (%s)", self.name, reason, self.quarantine.path
+                )
+        return len(held)
+
+    def _warn_unmatched(self, result: importer.ImportResult) -> None:
+        if result.unmatched_hosts:
+            log.warning(
+                "%s: %d requests matched no Matomo site (hosts: %s). Add the site (or the host as"
+                " an alias URL), or set --add-sites-new-hosts or --idsite-fallback=ID in flags",
+                self.name,
+                result.counts.get("no_site", 0),
+                ", ".join(sorted(result.unmatched_hosts)[:10]),
+            )
+
+    def lag_bytes(self) -> Optional[int]:
+        """Bytes of the live file not yet committed (rotated leftovers not counted)."""
+        assert self.reader is not None
+        try:
+            st = os.stat(self.log_config.path)
+        except OSError:
+            return None
+        current = self.reader.committed.current
+        if current is not None and current.same_file(st.st_dev, st.st_ino):
+            return max(st.st_size - (current.offset or 0), 0)
+        return st.st_size
+
+
+def open_sources(
+    config: Config, names: Optional[list[str]] = None, dry_run: bool = False
+) -> list[Source]:
+    """Sources for the named logs (all by default), with the token loaded once."""
+    token = load_token(config.matomo)
+    chosen = [config.log(n) for n in names] if names else list(config.logs)
+    return [Source(config, log_config, token, dry_run) for log_config in chosen]
