@@ -35,6 +35,8 @@ def _setup_logging(verbosity: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # APScheduler logs every job run at INFO: only with -vv.
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -62,6 +64,47 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     config = _load_config(args)
     return run_import(config, args.log or None, dry_run=args.dry_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from matomo_rt.service import run_service
+
+    path = Path(args.config) if args.config else default_config_path()
+    return run_service(load_config(path), path)
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from matomo_rt.archiver import FAILURE, TIMEOUT, run_archive
+
+    config = _load_config(args)
+    result = run_archive(config)
+    return EXIT_FAILURE if result.outcome in (FAILURE, TIMEOUT) else EXIT_OK
+
+
+def _cmd_seek(args: argparse.Namespace) -> int:
+    from matomo_rt.commands import run_seek
+
+    return run_seek(_load_config(args), args.log, args.to)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from matomo_rt import status
+
+    config = _load_config(args)
+    report = status.collect(config)
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        print(status.render_text(report), end="")
+    return status.status_exit_code(report)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from matomo_rt.check import run_check
+
+    return run_check(_load_config(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +163,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="read and check lines and run import_logs.py with --dry-run; commit nothing",
     )
     imp.set_defaults(func=_cmd_import)
+
+    run = sub.add_parser(
+        "run",
+        help="the service: import every log on an interval and archive on a schedule",
+        description="Run in the foreground (systemd Type=notify): one import job per log every "
+        "import.interval, core:archive on archive.schedule. SIGTERM/SIGINT finish the running "
+        "batch and exit 0 (within service.stop_timeout); SIGHUP reloads the configuration (an "
+        "invalid one is refused and the running one kept). Exit codes: 0 stopped, 75 another "
+        "matomo-rt works on a log, 78 invalid configuration.",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    arch = sub.add_parser(
+        "archive",
+        help="run core:archive once now",
+        description="Run `php <matomo.path>/console core:archive --url=<matomo.url>` plus "
+        "archive.flags, never two at once. Exit codes: 0 done (also when core:archive only "
+        "logged warnings), 1 failed or timed out, 75 another archive runs, 78 invalid "
+        "configuration.",
+    )
+    arch.set_defaults(func=_cmd_archive)
+
+    seek = sub.add_parser(
+        "seek",
+        help="move a log's position: start, end, or a byte offset",
+        description="Set where the next import of a log starts: 'start' (its live file from "
+        "the first line), 'end' (after its last complete line) or a byte offset that starts "
+        "a line. Rotated files beside it count as read. Refused while another matomo-rt works "
+        "on the log (exit 75). Use it after a corrupt state file was moved aside.",
+    )
+    seek.add_argument("--log", required=True, metavar="NAME", help="the log's name")
+    seek.add_argument("--to", required=True, metavar="start|end|BYTES", help="the new position")
+    seek.set_defaults(func=_cmd_seek)
+
+    stat = sub.add_parser(
+        "status",
+        help="per log: position, lag, last success and error, totals; last archive",
+        description="Show what every log's state says, also while the service runs. Exit "
+        "codes: 0 all well, 1 a log's last import failed, imports are paused, or the last "
+        "archive failed.",
+    )
+    stat.add_argument("--json", action="store_true", help="machine-readable output")
+    stat.set_defaults(func=_cmd_status)
+
+    chk = sub.add_parser(
+        "check",
+        help="check config, files, interpreters, Matomo, the token and host mapping",
+        description="A checklist of everything an import needs, each failure with its way "
+        "out. Exit code 1 when anything fails.",
+    )
+    chk.set_defaults(func=_cmd_check)
     return parser
 
 

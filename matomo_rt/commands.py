@@ -100,3 +100,31 @@ def _severity(code: int) -> int:
     return {EXIT_OK: 0, EXIT_TEMPFAIL: 1, EXIT_FAILURE: 2, EXIT_NOPERM: 3, EXIT_CONFIG: 4}.get(
         code, 2
     )
+
+
+def run_seek(config: Config, name: str, to: str) -> int:
+    """Move one log's committed position; its statistics are kept."""
+    source = Source(config, config.log(name))
+    try:
+        source.open()
+    except LockedError as exc:
+        log.error("%s (stop it before seeking)", exc)
+        return EXIT_TEMPFAIL
+    try:
+        assert source.reader is not None
+        try:
+            position = source.reader.seek_position(to)
+        except ValueError as exc:
+            log.error("seek --to %s: %s", to, exc)
+            return 2
+        source.reader.commit(position)
+        current = position.current
+        log.info(
+            "%s: next import starts at byte %s of %s",
+            name,
+            current.offset if current else 0,
+            config.log(name).path,
+        )
+    finally:
+        source.close()
+    return EXIT_OK

@@ -418,8 +418,29 @@ class LogReader:
             steps.append(live_step)
         return steps, pos
 
+    def seek_position(self, to: str) -> Position:
+        """A fresh position at "start", "end" or a byte offset of the live file.
+
+        Everything beside the log counts as already read, as on a first run.
+        """
+        live = self._stat_live()
+        if live is None:
+            raise ReaderError(f"{self.log_path}: no such file")
+        if to == "start":
+            start: Optional[int] = 0
+        elif to == "end":
+            start = None
+        else:
+            start = int(to)
+            if not 0 <= start <= live.size:
+                raise ValueError(f"{start} is outside the file (0..{live.size} bytes)")
+            if start and not _resume_ok(live, start):
+                raise ValueError(f"byte {start} is not the start of a line")
+        _, pos = self._plan_first_run(live, self._siblings(), start)
+        return pos
+
     def _plan_first_run(
-        self, live: Optional[_Candidate], cands: list[_Candidate]
+        self, live: Optional[_Candidate], cands: list[_Candidate], start_at: Optional[int] = -1
     ) -> tuple[list[_Step], Position]:
         """What exists now is history: remember it, and start the live file per start_at."""
         history = tuple(
@@ -437,7 +458,9 @@ class LogReader:
         pos = Position(True, None, history)
         if live is None:
             return [], pos
-        start = 0 if self.start_at == "beginning" else _last_line_end(live.path, live.size)
+        if start_at == -1:  # first run: as configured
+            start_at = 0 if self.start_at == "beginning" else None
+        start = _last_line_end(live.path, live.size) if start_at is None else start_at
         gen = Generation(live.dev, live.ino, Fingerprint.of(live.head()), start, live.name)
         pos = pos.with_current(gen)
         return [_Step("live", gen, live.path, limit=live.size)], pos

@@ -1,0 +1,102 @@
+"""core:archive: turn recorded visits into reports, on its own slower schedule.
+
+Matomo's console has no lock of its own, and two archivers at once waste hours of CPU on a busy
+Matomo, so runs are serialised by our flock. Exit 1 with "error or warning logs detected" means
+the run finished but logged warnings: a warning, not a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from matomo_rt import execute
+from matomo_rt.config import Config, ConfigError
+from matomo_rt.tail.store import SourceLock, load_state, save_state
+
+log = logging.getLogger(__name__)
+
+SUCCESS, WARNING, FAILURE, TIMEOUT = "success", "warning", "failure", "timeout"
+_WARNING_TEXT = "error or warning logs detected"
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    outcome: str
+    reason: str
+    duration: float
+
+
+def build_argv(php: str, console: Path, url: str, flags: tuple[str, ...]) -> list[str]:
+    return [php, str(console), "core:archive", f"--url={url}", *flags]
+
+
+def classify(
+    returncode: Optional[int], stdout: str, stderr: str, timed_out: bool
+) -> tuple[str, str]:
+    """(outcome, reason) of one core:archive run."""
+    if timed_out:
+        return TIMEOUT, "core:archive ran longer than archive.timeout and was stopped"
+    if returncode == 0:
+        return SUCCESS, ""
+    tail = (stderr.strip() or stdout.strip()).splitlines()
+    last = tail[-1].strip()[:300] if tail else ""
+    if returncode == 1 and _WARNING_TEXT in stdout + stderr:
+        return WARNING, "core:archive finished but logged warnings or errors (see its output)"
+    if returncode is None:
+        return FAILURE, "core:archive was killed"
+    return FAILURE, f"core:archive exited {returncode}: {last}"
+
+
+def archive_paths(config: Config) -> tuple[Path, Path]:
+    return config.state.dir / "archive.state.json", config.state.dir / "archive.lock"
+
+
+def run_archive(config: Config) -> ArchiveResult:
+    """Run core:archive once (never two at once) and record the outcome for `status`."""
+    matomo = config.matomo
+    if matomo.url is None or matomo.console is None:
+        raise ConfigError([f"{config.source.name}: matomo.url and matomo.path: needed to archive"])
+    state_path, lock_path = archive_paths(config)
+    with SourceLock(lock_path):
+        argv = build_argv(matomo.php, matomo.console, matomo.url, config.archive.flags)
+        started = time.time()
+        try:
+            done = execute.run(argv, timeout=config.archive.timeout, cwd=str(matomo.path))
+            outcome, reason = classify(
+                done.returncode,
+                done.stdout.decode("utf-8", "replace"),
+                done.stderr.decode("utf-8", "replace"),
+                done.timed_out,
+            )
+        except execute.ExecError as exc:
+            outcome, reason = FAILURE, str(exc)
+        ended = time.time()
+        result = ArchiveResult(outcome, reason, ended - started)
+        previous = load_state(state_path) or {}
+        record = {
+            "last_run": {
+                "start": started,
+                "end": ended,
+                "outcome": outcome,
+                "reason": reason,
+                "duration": result.duration,
+            },
+            "runs": int(previous.get("runs", 0)) + 1,
+            "failures": int(previous.get("failures", 0)) + (outcome in (FAILURE, TIMEOUT)),
+        }
+        if outcome in (SUCCESS, WARNING):
+            record["last_success"] = ended
+        elif "last_success" in previous:
+            record["last_success"] = previous["last_success"]
+        save_state(state_path, record)
+    if outcome == SUCCESS:
+        log.info("core:archive done in %.1fs", result.duration)
+    elif outcome == WARNING:
+        log.warning("%s", reason)
+    else:
+        log.error("%s", reason)
+    return result

@@ -1,0 +1,294 @@
+"""`matomo-rt run`: the scheduler that replaces both crons of the one-liner.
+
+APScheduler owns time: one import job per log and one archive job, each never overlapping
+itself (`max_instances=1`), collapsing missed runs into one (`coalesce`), with a generous misfire
+grace (the default of 1 s silently drops late runs on a busy host). The job bodies are the very
+functions the one-shot commands call. Signals only set flags or start a thread: the work they
+ask for (stop after the running batch, reload) happens outside the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from matomo_rt import execute
+from matomo_rt.archiver import run_archive
+from matomo_rt.config import Config, ConfigError, import_problems
+from matomo_rt.config import load as load_config
+from matomo_rt.pipeline import Source, open_sources
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
+
+
+class Service:
+    """Holds the sources (and their locks) for the life of the process."""
+
+    def __init__(self, config: Config, config_path: Path) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.sources: dict[str, Source] = {}
+        self.stopping = threading.Event()
+        self.paused = threading.Event()
+        self._active = 0
+        self._active_cond = threading.Condition()
+        self._reload_lock = threading.Lock()
+        self.scheduler = BlockingScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=len(config.logs) + 4)},
+            job_defaults={"max_instances": 1, "coalesce": True},
+        )
+        self.metrics_server: Any = None
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _job(self, name: str, func: Any, *args: Any) -> None:
+        """Run a job body unless stopping/reloading; count it so stop and reload can wait."""
+        if self.stopping.is_set() or self.paused.is_set():
+            return
+        with self._active_cond:
+            self._active += 1
+        try:
+            func(*args)
+        except Exception:
+            log.exception("%s: unexpected error (the job runs again at its next time)", name)
+        finally:
+            with self._active_cond:
+                self._active -= 1
+                self._active_cond.notify_all()
+            self._after_job()
+
+    def _import_tick(self, source: Source) -> None:
+        if time.time() < source.retry_at:
+            return  # backing off after a failure
+        report = source.run_pass(should_stop=self.stopping.is_set)
+        if report.batches or report.error:
+            log.info(
+                "%s: %d lines in %d batches, %d imported, %d quarantined%s",
+                source.name,
+                report.lines_read,
+                report.batches,
+                report.imported,
+                report.quarantined,
+                f"; error: {report.error}" if report.error else "",
+            )
+
+    def _archive_tick(self) -> None:
+        run_archive(self.config)
+
+    def _watchdog(self) -> None:
+        sd_notify("WATCHDOG=1")
+
+    def _after_job(self) -> None:
+        """Publish metrics and a status line after each job."""
+        if self.config.metrics.textfile is not None:
+            try:
+                from matomo_rt import status
+
+                status.write_textfile(
+                    self.config.metrics.textfile, status.render_metrics(status.collect(self.config))
+                )
+            except Exception as exc:  # metrics must never stop imports
+                log.warning("metrics.textfile: %s", exc)
+        sd_notify(f"STATUS=watching {len(self.sources)} logs")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _open(self, config: Config) -> dict[str, Source]:
+        problems = import_problems(config)
+        if problems:
+            raise ConfigError(problems)
+        config.state.dir.mkdir(parents=True, exist_ok=True)
+        opened: dict[str, Source] = {}
+        try:
+            for source in open_sources(config):
+                source.open()
+                opened[source.name] = source
+        except BaseException:
+            for source in opened.values():
+                source.close()
+            raise
+        return opened
+
+    def _schedule(self) -> None:
+        config = self.config
+        interval = config.import_.interval
+        for source in self.sources.values():
+            self.scheduler.add_job(
+                self._job,
+                IntervalTrigger(seconds=interval),
+                args=(f"import {source.name}", self._import_tick, source),
+                id=f"import:{source.name}",
+                name=f"import {source.name}",
+                misfire_grace_time=max(int(interval * 10), 60),
+                next_run_time=_now(),
+                replace_existing=True,
+            )
+        if config.archive.enabled:
+            self.scheduler.add_job(
+                self._job,
+                CronTrigger.from_crontab(config.archive.schedule),
+                args=("archive", self._archive_tick),
+                id="archive",
+                name="core:archive",
+                misfire_grace_time=3600,
+                replace_existing=True,
+            )
+        watchdog_usec = os.environ.get("WATCHDOG_USEC")
+        if watchdog_usec and watchdog_usec.isdigit():
+            self.scheduler.add_job(
+                self._watchdog,
+                IntervalTrigger(seconds=max(int(watchdog_usec) / 2e6, 0.5)),
+                id="watchdog",
+                replace_existing=True,
+                misfire_grace_time=60,
+            )
+
+    def _start_metrics_server(self) -> None:
+        if self.config.metrics.listen is None:
+            return
+        from matomo_rt import status
+
+        config = self.config
+        self.metrics_server = status.MetricsServer(
+            config.metrics.listen, lambda: status.render_metrics(status.collect(config))
+        )
+        self.metrics_server.start()
+
+    def _stop_metrics_server(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
+
+    def run(self) -> int:
+        self.sources = self._open(self.config)
+        self._schedule()
+        self._start_metrics_server()
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        log.info(
+            "running: %d logs every %gs%s",
+            len(self.sources),
+            self.config.import_.interval,
+            f", core:archive at '{self.config.archive.schedule}'"
+            if self.config.archive.enabled
+            else ", archiving disabled",
+        )
+        sd_notify("READY=1")
+        try:
+            self.scheduler.start()
+        finally:
+            self._drain()
+            self._stop_metrics_server()
+            for source in self.sources.values():
+                source.close()
+        log.info("stopped")
+        return 0
+
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        if self.stopping.is_set():
+            return
+        log.info("%s: finishing the running batch, then stopping", signal.Signals(signum).name)
+        self.stopping.set()
+        sd_notify("STOPPING=1")
+        self.scheduler.shutdown(wait=False)
+
+    def _wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._active_cond:
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._active_cond.wait(left)
+        return True
+
+    def _drain(self) -> None:
+        """Let running jobs finish their batch (bounded by stop_timeout), then stop children."""
+        if not self._wait_idle(self.config.service.stop_timeout):
+            log.warning(
+                "service.stop_timeout (%gs) passed with a batch still running: stopping the"
+                " importer; that batch is uncertain and handled by on_uncertain next time",
+                self.config.service.stop_timeout,
+            )
+            execute.kill_all_children()
+            self._wait_idle(10.0)
+
+    # -- reload --------------------------------------------------------------------------
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        threading.Thread(target=self.reload, name="reload", daemon=True).start()
+
+    def reload(self) -> bool:
+        """Re-read the config; an invalid one keeps the running config and says why."""
+        with self._reload_lock:
+            sd_notify("RELOADING=1")
+            try:
+                new = load_config(self.config_path)
+                problems = import_problems(new)
+                if problems:
+                    raise ConfigError(problems)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("reload: %s", problem)
+                log.error("reload: keeping the running configuration")
+                sd_notify("READY=1")
+                return False
+            self.paused.set()
+            try:
+                self._wait_idle(self.config.service.stop_timeout)
+                for job in self.scheduler.get_jobs():
+                    job.remove()
+                for source in self.sources.values():
+                    source.close()
+                self.sources = {}
+                try:
+                    self.sources = self._open(new)
+                    self.config = new
+                except Exception as exc:
+                    log.error("reload: %s; keeping the running configuration", exc)
+                    self.sources = self._open(self.config)
+                self._stop_metrics_server()
+                self._start_metrics_server()
+                self._schedule()
+            finally:
+                self.paused.clear()
+            log.info("reloaded %s: %d logs", self.config_path, len(self.sources))
+            sd_notify("READY=1")
+            return True
+
+
+def _now() -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
+
+
+def run_service(config: Config, config_path: Path) -> int:
+    return Service(config, config_path).run()
