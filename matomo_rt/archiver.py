@@ -66,6 +66,9 @@ def run_archive(config: Config) -> ArchiveResult:
         started = time.time()
         try:
             done = execute.run(argv, timeout=config.archive.timeout, cwd=str(matomo.path))
+            log.debug("%s", done.describe())
+            for line in done.stdout.decode("utf-8", "replace").splitlines()[-20:]:
+                log.debug("core:archive: %s", line)
             outcome, reason = classify(
                 done.returncode,
                 done.stdout.decode("utf-8", "replace"),

@@ -440,7 +440,7 @@ def _logs(
 _NAME_FROM_PATH = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def load_token(matomo: MatomoConfig) -> Optional[str]:
+def load_token(matomo: MatomoConfig, source: Optional[Path] = None) -> Optional[str]:
     """The token_auth: from matomo.token_auth_file, else $MATOMO_TOKEN_AUTH, else None.
 
     None lets import_logs.py fetch a token through Matomo's console, which works only on the
@@ -450,7 +450,7 @@ def load_token(matomo: MatomoConfig) -> Optional[str]:
     if path is None:
         token = os.environ.get(TOKEN_ENV, "").strip()
         return token or None
-    key = "matomo.token_auth_file"
+    key = f"{source.name}: matomo.token_auth_file" if source else "matomo.token_auth_file"
     try:
         st = path.stat()
         token = path.read_text(encoding="utf-8").strip()

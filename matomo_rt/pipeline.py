@@ -399,6 +399,6 @@ def open_sources(
     config: Config, names: Optional[list[str]] = None, dry_run: bool = False
 ) -> list[Source]:
     """Sources for the named logs (all by default), with the token loaded once."""
-    token = load_token(config.matomo)
+    token = load_token(config.matomo, config.source)
     chosen = [config.log(n) for n in names] if names else list(config.logs)
     return [Source(config, log_config, token, dry_run) for log_config in chosen]

@@ -458,6 +458,12 @@ def test_logrotate_config_rotates_and_nginx_reopens(nginx_base, tmp_path):
             sent.append(target)
 
         request("before-1")
+        # nginx writes the log line after the response: with notifempty, rotating before it
+        # lands would skip the rotation.
+        deadline = time.monotonic() + START_DEADLINE
+        while ngx.access_log.stat().st_size == 0:
+            assert time.monotonic() < deadline, "nginx did not log the first request"
+            time.sleep(0.01)
         for generation in (1, 2):
             done = subprocess.run(
                 [LOGROTATE, "--force", "--state", str(state), str(conf)],

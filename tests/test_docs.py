@@ -1,0 +1,70 @@
+"""The docs users read match the code: README's configuration table, config.example.toml and
+the dataclasses in matomo_rt.config list the same keys with the same defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from matomo_rt import config as cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+_SECTIONS = {
+    "matomo": cfg.MatomoConfig,
+    "import": cfg.ImportConfig,
+    "archive": cfg.ArchiveConfig,
+    "state": cfg.StateConfig,
+    "metrics": cfg.MetricsConfig,
+    "service": cfg.ServiceConfig,
+    "logs[]": cfg.LogConfig,
+}
+
+
+def _code_keys() -> set[str]:
+    return {
+        f"{section}.{f.name}" for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)
+    }
+
+
+def _example_keys() -> set[str]:
+    """Every key of config.example.toml, the commented-out optional ones included."""
+    keys = set()
+    section = ""
+    for line in (ROOT / "config.example.toml").read_text().splitlines():
+        head = re.match(r"^\[\[?(\w+)\]\]?", line)
+        if head:
+            section = head.group(1) + ("[]" if line.startswith("[[") else "")
+            continue
+        key = re.match(r"^#?\s?(\w+) = ", line)
+        if key and section:
+            keys.add(f"{section}.{key.group(1)}")
+    return keys
+
+
+def _readme_keys() -> set[str]:
+    text = (ROOT / "README.md").read_text()
+    return set(re.findall(r"^\| `([\w\[\]]+\.\w+)` \|", text, re.MULTILINE))
+
+
+def test_example_documents_every_key_and_no_other() -> None:
+    assert _example_keys() == _code_keys()
+
+
+def test_readme_reference_lists_every_key_and_no_other() -> None:
+    assert _readme_keys() == _code_keys()
+
+
+def test_example_loads_with_the_documented_defaults() -> None:
+    loaded = cfg.load(ROOT / "config.example.toml")
+    assert loaded.import_ == cfg.ImportConfig()
+    assert loaded.archive == cfg.ArchiveConfig()
+    assert loaded.service == cfg.ServiceConfig()
+    assert loaded.state == cfg.StateConfig()
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = ".venv/bin/python -m pytest -q"
+    assert command in readme and command in ci
