@@ -6,12 +6,16 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Optional
 
 from matomo_rt import __version__
-from matomo_rt.config import Config, ConfigError, default_config_path
-from matomo_rt.config import load as load_config
+from matomo_rt.errors import ConfigError
 from matomo_rt.tail import LockedError, ReaderError, StateError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `tail` starts faster
+if TYPE_CHECKING:
+    from typing import Callable, Optional
+
+    from matomo_rt.config import Config
 
 # Exit codes (documented in README.md). Values follow sysexits.h where one fits.
 EXIT_OK = 0
@@ -55,8 +59,9 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _load_config(args: argparse.Namespace) -> Config:
-    path = Path(args.config) if args.config else default_config_path()
-    return load_config(path)
+    from matomo_rt.config import default_config_path, load
+
+    return load(Path(args.config) if args.config else default_config_path())
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -67,10 +72,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from matomo_rt.config import default_config_path, load
     from matomo_rt.service import run_service
 
     path = Path(args.config) if args.config else default_config_path()
-    return run_service(load_config(path), path)
+    return run_service(load(path), path)
 
 
 def _cmd_archive(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
+from matomo_rt.errors import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on old Pythons only
@@ -27,14 +29,6 @@ START_AT_CHOICES = ("beginning", "end")
 ON_UNCERTAIN_CHOICES = ("resend", "skip")
 DEFAULT_IMPORT_FLAGS = ("--enable-http-errors", "--enable-http-redirects")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class ConfigError(Exception):
-    """Raised with every problem found; str() is one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)

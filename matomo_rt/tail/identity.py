@@ -8,23 +8,21 @@ through decompression, they follow one generation of a log from `access.log` to
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
-import lzma
 import os
-from dataclasses import dataclass
-from typing import BinaryIO, Callable, Optional
+from collections import namedtuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import BinaryIO, Optional
 
 #: How many head bytes identify a file. Longer than one nginx line (so the timestamp and client
 #: of the first request are in it), short enough to hash on every pass.
 FINGERPRINT_BYTES = 1024
 
-_DECOMPRESSORS: dict[str, Callable[[str], BinaryIO]] = {
-    ".gz": lambda p: gzip.open(p, "rb"),  # type: ignore[dict-item]
-    ".bz2": lambda p: bz2.open(p, "rb"),  # type: ignore[dict-item]
-    ".xz": lambda p: lzma.open(p, "rb"),  # type: ignore[dict-item]
-}
+#: Compression suffix -> stdlib module with an `open`. Imported on first use: most passes read
+#: no compressed file, and `matomo-rt tail` start-up time is part of every cron run.
+_DECOMPRESSORS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
 
 
 def compression_of(name: str) -> Optional[str]:
@@ -39,13 +37,18 @@ def open_log(path: str, compression: Optional[str]) -> BinaryIO:
     """Open a generation for reading its (decompressed) bytes."""
     if compression is None:
         return open(path, "rb", buffering=0)
-    return _DECOMPRESSORS[compression](path)
+    import importlib
+
+    return importlib.import_module(_DECOMPRESSORS[compression]).open(path, "rb")
 
 
-@dataclass(frozen=True)
-class Fingerprint:
-    """SHA-256 of the first `length` bytes of a file's (decompressed) content."""
+class Fingerprint(namedtuple("Fingerprint", "length digest")):
+    """SHA-256 of the first `length` bytes of a file's (decompressed) content.
 
+    (A named tuple, not a dataclass: importing dataclasses costs `tail` start-up time.)
+    """
+
+    __slots__ = ()
     length: int
     digest: str
 
@@ -91,6 +94,6 @@ def read_head(path: str, compression: Optional[str] = None) -> bytes:
                 if not piece:
                     break
                 out += piece
-    except (OSError, EOFError, lzma.LZMAError):
+    except Exception:  # OSError, EOFError, zlib.error, lzma.LZMAError: all "corrupt"
         pass
     return out

@@ -6,26 +6,30 @@ touching the disk; only the caller's commit makes it durable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Optional
+from collections import namedtuple
 
 from matomo_rt.tail.identity import Fingerprint
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
-@dataclass(frozen=True)
-class Generation:
+
+class Generation(namedtuple("Generation", "dev ino fp offset name compression", defaults=(None,))):
     """One file of a log's rotation history, known by inode and head fingerprint.
 
     `offset` counts decompressed bytes already handed on. It is None for a compressed file
     that existed before the first run and was never read (its length was never needed).
+    Named tuples, not dataclasses, to keep `matomo-rt tail` start-up fast.
     """
 
+    __slots__ = ()
     dev: int
     ino: int
     fp: Fingerprint
     offset: Optional[int]
     name: str
-    compression: Optional[str] = None
+    compression: Optional[str]
 
     def same_file(self, dev: int, ino: int) -> bool:
         return self.dev == dev and self.ino == ino
@@ -57,8 +61,7 @@ class Generation:
         return gen
 
 
-@dataclass(frozen=True)
-class Position:
+class Position(namedtuple("Position", "initialized current finished", defaults=(False, None, ()))):
     """Where reading resumes.
 
     `current` is the generation being read (normally the live file); None after a rotated
@@ -68,17 +71,18 @@ class Position:
     (what exists is history) from "between generations" (what appears is new).
     """
 
-    initialized: bool = False
-    current: Optional[Generation] = None
-    finished: tuple[Generation, ...] = ()
+    __slots__ = ()
+    initialized: bool
+    current: Optional[Generation]
+    finished: tuple[Generation, ...]
 
     def with_current(self, gen: Optional[Generation]) -> Position:
-        return replace(self, initialized=True, current=gen)
+        return self._replace(initialized=True, current=gen)
 
     def with_finished(self, gen: Generation) -> Position:
         """Record `gen` (replacing any older record of the same file) as finished."""
         rest = tuple(f for f in self.finished if f.fp != gen.fp)
-        return replace(self, initialized=True, finished=(*rest, gen))
+        return self._replace(initialized=True, finished=(*rest, gen))
 
     def to_json(self) -> dict[str, Any]:
         return {

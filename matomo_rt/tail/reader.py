@@ -15,14 +15,17 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections import namedtuple
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional
 
 from matomo_rt.tail.identity import Fingerprint, compression_of, open_log, read_head
 from matomo_rt.tail.position import Generation, Position
 from matomo_rt.tail.store import StateError, load_state, save_state
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from typing import Any, BinaryIO, Callable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +41,33 @@ class ReaderError(Exception):
     """The log cannot be read at all (permission, not a file); the message names it."""
 
 
-@dataclass(frozen=True)
-class Warning_:
-    """A loss or oddity worth an operator's attention; kind is a stable metrics label."""
+class Warning_(namedtuple("Warning_", "kind message")):
+    """A loss or oddity worth an operator's attention; kind is a stable metrics label.
 
-    kind: str
-    message: str
+    (This module avoids dataclasses: importing them costs `matomo-rt tail` start-up time.)
+    """
+
+    __slots__ = ()
 
 
-@dataclass
 class _Candidate:
     """A file beside the log that may be one of its generations."""
 
-    path: str
-    name: str
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    compression: Optional[str]
-    _head: Optional[bytes] = None
+    __slots__ = ("_head", "compression", "dev", "ino", "mtime_ns", "name", "path", "size")
+
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        dev: int,
+        ino: int,
+        size: int,
+        mtime_ns: int,
+        compression: Optional[str],
+    ) -> None:
+        self.path, self.name, self.dev, self.ino = path, name, dev, ino
+        self.size, self.mtime_ns, self.compression = size, mtime_ns, compression
+        self._head: Optional[bytes] = None
 
     def head(self) -> bytes:
         if self._head is None:
@@ -81,27 +91,23 @@ def _age_key(cand: _Candidate) -> tuple[int, int, str]:
     return (cand.mtime_ns, -int(m.group(1)) if m else 0, cand.name)
 
 
-@dataclass(frozen=True)
-class _Step:
-    """One file to read in this pass: `role` says how reading it moves the position."""
+class _Step(namedtuple("_Step", "role gen path limit", defaults=(None,))):
+    """One file to read in this pass: `role` says how reading it moves the position.
 
-    role: str  # "finished" (late lines of a finished generation), "rotated", "live"
-    gen: Generation  # offset = where reading starts
-    path: str
-    limit: Optional[int] = None  # read no further (the live file's size when planned)
+    role: "finished" (late lines of a finished generation), "rotated" or "live"; gen.offset is
+    where reading starts; limit: read no further (the live file's size when planned).
+    """
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Span:
-    """Where a chunk of lines came from, to turn "after N bytes of it" into a Position."""
+class Span(namedtuple("Span", "role base gen start file_end length after")):
+    """Where a chunk of lines came from, to turn "after N bytes of it" into a Position.
 
-    role: str
-    base: Position
-    gen: Generation
-    start: int
-    file_end: int  # file offset after the chunk (one less than the data if "\n" was added)
-    length: int
-    after: Position
+    file_end is the file offset after the chunk: one less than the data when a "\n" was added.
+    """
+
+    __slots__ = ()
 
     def position_after(self, nbytes: int) -> Position:
         if nbytes >= self.length:
@@ -110,29 +116,27 @@ class Span:
 
 
 def _advance(base: Position, role: str, gen: Generation, offset: int) -> Position:
-    moved = replace(gen, offset=offset)
+    moved = gen._replace(offset=offset)
     if role == "finished":
         return base.with_finished(moved)
     return base.with_current(moved)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """Complete lines (a view into the reader's buffer, valid until the next chunk)."""
+class Chunk(namedtuple("Chunk", "data span")):
+    """Complete lines (`data`: a view into the reader's buffer, valid until the next chunk)."""
 
-    data: memoryview
-    span: Span
+    __slots__ = ()
 
 
-@dataclass
 class Batch:
     """A bounded run of complete lines and the positions they lead to; nothing committed."""
 
-    start: Position
-    end: Position
-    segments: list[tuple[bytes, Span]] = field(default_factory=list)
-    lines: int = 0
-    nbytes: int = 0
+    def __init__(self, start: Position, end: Position) -> None:
+        self.start = start
+        self.end = end
+        self.segments: list[tuple[bytes, Span]] = []
+        self.lines = 0
+        self.nbytes = 0
 
     def chunks(self) -> Iterator[bytes]:
         for data, _ in self.segments:
@@ -343,7 +347,7 @@ class LogReader:
                 head = live.head()
                 if _head_ok(current, live) and _resume_ok(live, offset):
                     live_is_current = True
-                    gen = _extend(replace(current, name=live.name), head)
+                    gen = _extend(current._replace(name=live.name), head)
                     known_fps.append(gen.fp)
                     live_step = _Step("live", gen, live.path, limit=live.size)
                     pos = pos.with_current(gen)
@@ -391,7 +395,7 @@ class LogReader:
                             f" {offset}; reading on from its end",
                         )
                         offset = c.size
-                    gen = replace(_extend(_moved(current, c), c.head()), offset=offset)
+                    gen = _extend(_moved(current, c), c.head())._replace(offset=offset)
                     steps.append(_Step("rotated", gen, c.path))
                 else:
                     self._warn(
@@ -503,9 +507,13 @@ class LogReader:
         with fh:
             try:
                 yield from self._read_open(step, base, buf, fh, offset)
-            except (EOFError, OSError) as exc:
+            except Exception as exc:
+                # A compressed file that ends early or is damaged (EOFError, zlib.error,
+                # lzma.LZMAError, ...) may still be being written by logrotate.
                 if gen.compression is None or isinstance(exc, PermissionError):
-                    raise ReaderError(f"{step.path}: read failed: {exc}") from None
+                    if isinstance(exc, OSError):
+                        raise ReaderError(f"{step.path}: read failed: {exc}") from None
+                    raise
                 self._not_ready(step, exc)
 
     def _not_ready(self, step: _Step, exc: BaseException) -> None:
@@ -666,12 +674,12 @@ def _resume_ok(cand: _Candidate, offset: int) -> bool:
 def _extend(gen: Generation, head: bytes) -> Generation:
     """A longer fingerprint once the file has more head bytes (same prefix, verified)."""
     if len(head) > gen.fp.length and (gen.fp.length == 0 or gen.fp.matches(head)):
-        return replace(gen, fp=Fingerprint.of(head))
+        return gen._replace(fp=Fingerprint.of(head))
     return gen
 
 
 def _moved(gen: Generation, cand: _Candidate) -> Generation:
-    return replace(gen, dev=cand.dev, ino=cand.ino, name=cand.name, compression=cand.compression)
+    return gen._replace(dev=cand.dev, ino=cand.ino, name=cand.name, compression=cand.compression)
 
 
 def _any_match(fps: list[Fingerprint], head: bytes) -> bool:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 STATE_FORMAT = 1
 
@@ -57,8 +60,11 @@ def save_state(path: Path, data: dict[str, Any]) -> None:
     document = {"format": STATE_FORMAT, **data}
     payload = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
     directory = path.parent
+    _remove_stale_temps(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        # Not tempfile.mkstemp: importing tempfile costs `matomo-rt tail` start-up time.
+        tmp = str(directory / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise StateError(f"{directory}: cannot write state: {exc.strerror}") from None
     try:
@@ -78,6 +84,19 @@ def save_state(path: Path, data: dict[str, Any]) -> None:
         hint = " (disk full?)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         raise StateError(f"{path}: cannot write state: {exc.strerror}{hint}") from None
     fsync_dir(directory)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temp files a killed writer left (only the lock holder writes `path`)."""
+    try:
+        stale = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return
+    for tmp in stale:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def fsync_dir(directory: Path) -> None:
