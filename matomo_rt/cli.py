@@ -99,9 +99,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     config = _load_config(args)
     report = status.collect(config)
     if args.json:
-        import json
-
-        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+        print(status.render_json(report), end="")
     else:
         print(status.render_text(report), end="")
     return status.status_exit_code(report)

@@ -188,7 +188,13 @@ class Service:
     def run(self) -> int:
         self.sources = self._open(self.config)
         self._schedule()
-        self._start_metrics_server()
+        try:
+            self._start_metrics_server()
+        except Exception as exc:  # status.MetricsError: one line naming the address
+            log.error("%s", exc)
+            for source in self.sources.values():
+                source.close()
+            return 1
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)

@@ -1,0 +1,486 @@
+"""`check`: every finding with its way out, against a fake Matomo over real HTTP — and never more
+than one refused token per run (Matomo blocks the IP after 20 failed logins in an hour)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from matomo_rt.check import run_check
+from matomo_rt.config import Config, load
+from matomo_rt.pipeline import state_paths
+from tests.doubles.fake_matomo import FakeMatomo, _make_handler
+
+TOKEN = "s3cret-token-abc"
+BLOCKED_MESSAGE = (
+    "You are currently not allowed to log in because you had too many failed logins, "
+    "try again later."
+)
+
+
+class CheckMatomo(FakeMatomo):
+    """FakeMatomo plus what `check` asks that import_logs.py does not: the access lists, and a
+    client IP blocked by Matomo's brute-force detection."""
+
+    def __init__(
+        self,
+        *args: Any,
+        admin_sites: Optional[list[int]] = None,
+        write_sites: Optional[list[int]] = None,
+        blocked: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.admin_sites = admin_sites
+        self.write_sites = write_sites or []
+        self.blocked = blocked  # None, "json" or "html"
+        self.raw_queries: list[str] = []
+
+    def start(self) -> CheckMatomo:
+        """As FakeMatomo.start, polling for shutdown every 20 ms instead of 500 (test speed)."""
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._server.daemon_threads = True
+        server = self._server
+        self._thread = threading.Thread(
+            target=lambda: server.serve_forever(poll_interval=0.02), daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def handle(self, path: str, query: str, body: bytes, content_type: str) -> tuple[int, str, str]:
+        self.raw_queries.append(query)
+        if self.blocked is not None:
+            with self._lock:
+                self._calls.append({"kind": "api", "path": path, "method": "(blocked)"})
+            # Matomo's brute-force check runs before the token is looked at: an exception
+            # rendered as an API error, or as its HTML error page.
+            if self.blocked == "json":
+                body_text = json.dumps({"result": "error", "message": BLOCKED_MESSAGE})
+                return 500, "application/json", body_text
+            return 500, "text/html", f"<html><body><p>{BLOCKED_MESSAGE}</p></body></html>"
+        return super().handle(path, query, body, content_type)
+
+    def api(self, params: dict[str, Any]) -> tuple[int, Any]:
+        method = params.get("method")
+        token = str(params.get("token_auth", ""))
+        if method in (
+            "SitesManager.getSitesIdWithAdminAccess",
+            "SitesManager.getSitesIdWithWriteAccess",
+        ):
+            if not self._token_valid(token):
+                return super().api(params)  # the 401
+            if method.endswith("AdminAccess"):
+                ids = (
+                    self.admin_sites if self.admin_sites is not None else sorted(self._known_ids())
+                )
+            else:
+                ids = self.write_sites
+            return 200, list(ids)
+        return super().api(params)
+
+
+def hit(host: str, n: int = 0) -> str:
+    return json.dumps(
+        {
+            "ip": "192.0.2.1",
+            "host": host,
+            "path": f"/p/{n}",
+            "status": "200",
+            "date": "2026-11-27T10:00:00+00:00",
+            "generation_time_milli": "0.01",
+        }
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, Path]:
+    """A Matomo directory (console + import_logs.py), a php that answers --version, a log."""
+    matomo = tmp_path / "matomo"
+    (matomo / "misc" / "log-analytics").mkdir(parents=True)
+    (matomo / "misc" / "log-analytics" / "import_logs.py").write_text("# importer\n")
+    (matomo / "console").write_text("<?php\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    php = bin_dir / "php"
+    php.write_text("#!/bin/sh\necho 'PHP 8.2.7 (cli) (built: Jun  1 2023)'\n")
+    php.chmod(0o755)
+    log = tmp_path / "access.log"
+    log.write_text("\n".join(hit("example.com", n) for n in range(5)) + "\n")
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o640)
+    state = tmp_path / "state"
+    state.mkdir()
+    return {
+        "tmp": tmp_path,
+        "matomo": matomo,
+        "php": php,
+        "log": log,
+        "token": token,
+        "state": state,
+    }
+
+
+def make_config(env: dict[str, Path], url: str, extra: str = "", log_extra: str = "") -> Config:
+    path = env["tmp"] / "config.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [matomo]
+            url = "{url}"
+            path = "{env["matomo"]}"
+            python = "{sys.executable}"
+            php = "{env["php"]}"
+            token_auth_file = "{env["token"]}"
+
+            [state]
+            dir = "{env["state"]}"
+            """
+        )
+        + extra
+        + f'\n[[logs]]\nname = "access"\npath = "{env["log"]}"\n'
+        + log_extra
+    )
+    return load(path)
+
+
+@pytest.fixture
+def matomo() -> Iterator[CheckMatomo]:
+    with CheckMatomo(sites={"example.com": 1}, token=TOKEN) as fake:
+        yield fake
+
+
+def check(config: Config, timeout: float = 5) -> tuple[int, str]:
+    out = io.StringIO()
+    code = run_check(config, out=out, timeout=timeout)
+    text = out.getvalue()
+    for line in text.splitlines():
+        assert line.startswith(("[ok] ", "[warn] ", "[FAIL] ", "[skip] ")), line
+    assert TOKEN not in text
+    return code, text
+
+
+def fails(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("[FAIL]")]
+
+
+# -- the happy path ------------------------------------------------------------------------
+
+
+def test_everything_fine(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    code, text = check(make_config(env, matomo.url))
+    assert code == 0, text
+    assert fails(text) == []
+    assert "[ok] log access: " in text
+    assert f"[ok] state directory {env['state']} is writable" in text
+    assert "[ok] python: " in text
+    assert "[ok] php: " in text and "PHP 8.2.7" in text
+    assert f"[ok] token file {env['token']} (mode 0640)" in text
+    assert f"[ok] Matomo 5.1.2 answers at {matomo.url}" in text
+    assert "[ok] Matomo accepted the token" in text
+    assert "[ok] the token may track to 1 site (1)" in text
+    assert "[ok] log access: all 1 sampled hosts map to a Matomo site" in text
+    assert matomo.api_methods() == [
+        "API.getMatomoVersion",
+        "SitesManager.getSitesIdWithAdminAccess",
+        "SitesManager.getSitesIdWithWriteAccess",
+        "SitesManager.getSitesIdFromSiteUrl",
+    ]
+    # The token travels in POST bodies only, never in a URL (server logs, proxies).
+    assert all(c["params"].get("token_auth") == TOKEN for c in matomo.calls())
+    assert all(TOKEN not in q for q in matomo.raw_queries)
+    lookup = matomo.calls()[-1]["params"]
+    assert lookup["url"] == "example.com"  # like import_logs.py: the bare host
+
+
+def test_archiving_disabled_skips_php(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    env["php"].unlink()
+    code, text = check(make_config(env, matomo.url, "\n[archive]\nenabled = false\n"))
+    assert code == 0, text
+    assert "[skip] archiving is disabled" in text
+
+
+# -- Matomo's answers ----------------------------------------------------------------------
+
+
+def test_unreachable_matomo(env: dict[str, Path]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, text = check(make_config(env, f"http://127.0.0.1:{port}"))
+    assert code == 1
+    [failure] = fails(text)
+    assert "unreachable" in failure and "connection refused" in failure.lower()
+    assert "check matomo.url" in failure
+
+
+def test_an_unanswering_matomo_times_out(env: dict[str, Path]) -> None:
+    with socket.socket() as s:  # accepts connections (backlog), never answers
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, text = check(make_config(env, f"http://127.0.0.1:{port}"), timeout=0.5)
+    assert code == 1
+    [failure] = fails(text)
+    assert "unreachable" in failure and "timed out" in failure
+
+
+def test_a_redirect_is_reported_not_followed(env: dict[str, Path]) -> None:
+    """urllib (and import_logs.py) would follow it as a GET without the token."""
+    requests: list[str] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            requests.append(self.command)
+            self.send_response(301)
+            self.send_header("Location", "https://matomo.example.org/index.php")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.02))
+    thread.start()
+    try:
+        port = server.server_address[1]
+        code, text = check(make_config(env, f"http://127.0.0.1:{port}"))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert code == 1
+    [failure] = fails(text)
+    assert "redirects (HTTP 301) to https://matomo.example.org/index.php" in failure
+    assert "set matomo.url" in failure
+    assert requests == ["POST"]
+
+
+def test_a_refused_token_ends_all_api_calls(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    env["token"].write_text("wrong-token\n")
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert "Matomo refused the token" in failure
+    assert "Unable to authenticate with the provided token" in failure
+    assert "matomo.token_auth_file" in failure
+    # One failed login, not four: nothing was asked after the refusal.
+    assert matomo.api_methods() == ["API.getMatomoVersion"]
+    assert "wrong-token" not in text
+    assert "[skip] write access and host mapping: the token was refused" in text
+
+
+@pytest.mark.parametrize("shape", ["json", "html"])
+def test_a_blocked_ip_says_how_to_unblock(
+    env: dict[str, Path], matomo: CheckMatomo, shape: str
+) -> None:
+    matomo.blocked = shape
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert "blocks this host's IP" in failure
+    assert f"php {env['matomo']}/console login:unblock-blocked-ips" in failure
+    assert len(matomo.calls()) == 1
+
+
+def test_not_json_means_a_wrong_url(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    matomo.mode = "non_json"
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert "not JSON" in failure and "check matomo.url" in failure
+
+
+def test_a_failing_matomo_is_a_failure(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    matomo.mode = "server_error"
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert "HTTP 500" in failure and "error logs" in failure
+    assert len(matomo.calls()) == 1
+
+
+def test_a_token_without_write_access_fails(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    matomo.admin_sites = []
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    assert any("no write or admin access to any site" in f for f in fails(text))
+
+
+def test_write_access_alone_is_enough(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    matomo.admin_sites = []
+    matomo.write_sites = [1]
+    code, text = check(make_config(env, matomo.url))
+    assert code == 0, text
+
+
+def test_a_host_on_a_site_the_token_cannot_write_fails(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    matomo.sites = {"example.com": 1, "other.example": 2}
+    matomo.admin_sites = [1]
+    env["log"].write_text(hit("other.example") + "\n")
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert "other.example is site 2" in failure and "no write access" in failure
+
+
+# -- host mapping --------------------------------------------------------------------------
+
+
+def test_unmapped_hosts_are_listed_with_the_ways_out(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    lines = [hit("example.com", n) for n in range(3)] + [hit("unknown.example.org")]
+    env["log"].write_text("\n".join(lines) + "\n")
+    code, text = check(make_config(env, matomo.url))
+    assert code == 0, text  # some hosts map: a warning
+    [warning] = [line for line in text.splitlines() if "match no Matomo site" in line]
+    assert warning.startswith("[warn]")
+    assert "unknown.example.org" in warning and "example.com," not in warning
+    assert "Alias URL" in warning
+    assert "--add-sites-new-hosts" in warning and "--idsite-fallback=ID" in warning
+
+
+def test_no_mapped_host_at_all_fails(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    env["log"].write_text(hit("unknown.example.org") + "\n")
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert "unknown.example.org" in failure and "nothing of this log would be stored" in failure
+
+
+def test_a_fallback_flag_handles_unmapped_hosts(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    env["log"].write_text(hit("unknown.example.org") + "\n")
+    code, text = check(make_config(env, matomo.url, log_extra='flags = ["--idsite-fallback=1"]\n'))
+    assert code == 0, text
+    assert "handled by --idsite-fallback" in text
+
+
+def test_idsite_skips_host_mapping(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    env["log"].write_text(hit("unknown.example.org") + "\n")
+    code, text = check(make_config(env, matomo.url, log_extra="idsite = 1\n"))
+    assert code == 0, text
+    assert "[skip] log access: host mapping (idsite = 1 is set)" in text
+    assert "SitesManager.getSitesIdFromSiteUrl" not in matomo.api_methods()
+
+
+def test_only_the_last_lines_are_sampled(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    """A host seen only long ago (and a partial last line) does not count."""
+    old = [hit("old.example.org")]
+    recent = [hit("example.com", n) for n in range(250)]
+    env["log"].write_text("\n".join(old + recent) + "\n" + hit("partial.example")[:30])
+    code, text = check(make_config(env, matomo.url))
+    assert code == 0, text
+    urls = [c["params"]["url"] for c in matomo.calls() if c.get("method", "").endswith("SiteUrl")]
+    assert urls == ["example.com"]
+
+
+# -- local problems ------------------------------------------------------------------------
+
+
+def test_a_missing_log_fails(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    env["log"].unlink()
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    assert any(f"{env['log']}: no such file" in f and "logs.path" in f for f in fails(text))
+
+
+def test_an_unwritable_state_dir_fails(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    blocker = env["tmp"] / "a-file"
+    blocker.write_text("")
+    env["state"] = blocker / "state"  # its parent is a regular file
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert f"state directory {blocker / 'state'}" in failure
+    assert "not a directory" in failure and "state.dir" in failure
+
+
+def test_a_state_dir_yet_to_be_created_is_a_warning(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    env["state"] = env["tmp"] / "new" / "state"
+    code, text = check(make_config(env, matomo.url))
+    assert code == 0, text
+    assert "does not exist yet" in text
+
+
+def test_a_corrupt_state_file_fails_with_the_way_out(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    config = make_config(env, matomo.url)
+    state_paths(config, config.log("access"))[0].write_text("garbage")
+    code, text = check(config)
+    assert code == 1
+    [failure] = fails(text)
+    assert "corrupt" in failure and "matomo-rt seek" in failure
+
+
+def test_a_missing_php_says_how_to_disable_archiving(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    env["php"] = env["tmp"] / "no" / "php"
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert "matomo.php" in failure and "archive.enabled = false" in failure
+
+
+def test_a_missing_python_fails(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    config = make_config(env, matomo.url)
+    text = config.source.read_text().replace(sys.executable, str(env["tmp"] / "nopython"))
+    config.source.write_text(text)
+    code, out = check(load(config.source))
+    assert code == 1
+    [failure] = fails(out)
+    assert "matomo.python" in failure and "no such file" in failure
+
+
+def test_a_missing_importer_fails(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    (env["matomo"] / "misc" / "log-analytics" / "import_logs.py").unlink()
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert "import_logs.py" in failure
+
+
+def test_a_world_readable_token_file_is_a_warning(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    env["token"].chmod(0o644)
+    code, text = check(make_config(env, matomo.url))
+    assert code == 0, text
+    assert f"[warn] token file {env['token']} is readable by every user" in text
+
+
+def test_without_a_token_only_reachability_is_checked(
+    env: dict[str, Path], matomo: CheckMatomo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MATOMO_TOKEN_AUTH", raising=False)
+    config = make_config(env, matomo.url)
+    config.source.write_text(
+        "\n".join(
+            line for line in config.source.read_text().splitlines() if "token_auth_file" not in line
+        )
+    )
+    code, text = check(load(config.source))
+    assert code == 0, text
+    assert "[warn] no token" in text
+    assert f"[ok] Matomo 5.1.2 answers at {matomo.url}" in text
+    assert "[skip] token, write access and host mapping" in text
+    assert all("token_auth" not in c["params"] for c in matomo.calls())

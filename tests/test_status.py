@@ -1,0 +1,602 @@
+"""`status` and metrics: read every log's state without locks, survive a damaged one, say who
+holds a lock, and publish Prometheus text that parses (textfile and HTTP)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from matomo_rt import status
+from matomo_rt.config import Config, StateConfig, load
+from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, _auth_key, state_paths
+from matomo_rt.tail import LogReader
+from matomo_rt.tail.store import save_state
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = 1_800_000_000.0
+
+
+def line(n: int, host: str = "example.com") -> bytes:
+    return (
+        json.dumps(
+            {
+                "ip": "192.0.2.1",
+                "host": host,
+                "path": f"/page/{n}",
+                "status": "200",
+                "date": "2026-11-27T10:00:00+00:00",
+                "generation_time_milli": "0.01",
+            }
+        ).encode()
+        + b"\n"
+    )
+
+
+def make_config(
+    tmp_path: Path, names: tuple[str, ...] = ("access",), token: Optional[str] = "tok"
+) -> Config:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    logs = "".join(
+        f'\n[[logs]]\nname = "{name}"\npath = "{tmp_path / (name + ".log")}"\n' for name in names
+    )
+    token_line = ""
+    if token is not None:
+        token_file = tmp_path / "token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        token_line = f'token_auth_file = "{token_file}"\n'
+    path = tmp_path / "config.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [matomo]
+            url = "https://matomo.example.org"
+            path = "{tmp_path / "matomo"}"
+            """
+        )
+        + token_line
+        + f'\n[state]\ndir = "{state}"\n'
+        + logs
+    )
+    return load(path)
+
+
+def commit_lines(
+    config: Config, name: str, lines: int, stats: Optional[dict[str, Any]] = None
+) -> LogReader:
+    """Write `lines` lines to the log, read them with a real LogReader and commit."""
+    log_config = config.log(name)
+    with open(log_config.path, "ab") as fh:
+        for n in range(lines):
+            fh.write(line(n))
+    state_path = state_paths(config, log_config)[0]
+    reader = LogReader(log_config.path, state_path, start_at="beginning")
+    batch = reader.read_batch(10_000, 1 << 20)
+    assert batch.lines == lines
+    reader.commit(batch.end, {"stats": stats or {}})
+    return reader
+
+
+def entry_of(report: dict[str, Any], name: str = "access") -> dict[str, Any]:
+    [entry] = [e for e in report["logs"] if e["name"] == name]
+    return entry
+
+
+# -- collect -------------------------------------------------------------------------------
+
+
+def test_offset_lag_and_totals_come_from_the_committed_state(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    stats = {
+        "lines_read": 3,
+        "imported": 2,
+        "ignored": 1,
+        "quarantined": 0,
+        "normalised": 1,
+        "failed_batches": 0,
+        "uncertain_batches": 0,
+        "last_success": NOW - 180,
+    }
+    commit_lines(config, "access", 3, stats)
+    committed = (tmp_path / "access.log").stat().st_size
+    with open(tmp_path / "access.log", "ab") as fh:
+        fh.write(line(3) + line(4))
+    size = (tmp_path / "access.log").stat().st_size
+
+    report = status.collect(config, now=NOW)
+    entry = entry_of(report)
+    assert entry["error"] is None
+    assert entry["state"] == "ok"
+    assert entry["offset"] == committed
+    assert entry["file"] == "access.log"
+    assert entry["size"] == size
+    assert entry["lag_bytes"] == size - committed
+    assert entry["totals"] == {k: stats.get(k, 0) for k in status.TOTALS}
+    assert entry["last_success"] == NOW - 180
+    assert entry["running"] is False
+    assert status.status_exit_code(report) == 0
+    text = status.render_text(report)
+    assert "3m ago" in text
+    assert f"{size - committed:,} bytes" in text
+    assert "all fine" in text
+    json.loads(json.dumps(report))  # `status --json` is plain JSON
+
+
+def test_a_rotated_live_file_counts_whole_as_lag(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    commit_lines(config, "access", 2)
+    os.rename(tmp_path / "access.log", tmp_path / "access.log.1")
+    (tmp_path / "access.log").write_bytes(line(9))
+    entry = entry_of(status.collect(config, now=NOW))
+    assert entry["lag_bytes"] == len(line(9))
+
+
+def test_missing_state_and_missing_log_are_reported_not_raised(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    entry = entry_of(status.collect(config, now=NOW))
+    assert entry["state"] == "missing"
+    assert entry["size"] is None and entry["lag_bytes"] is None
+    assert entry["log_problem"] == "no such file"
+    text = status.render_text(status.collect(config, now=NOW))
+    assert "no such file" in text and "first run" in text
+
+
+def test_last_error_newer_than_last_success_fails_the_exit_code(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    error = {"time": NOW - 60, "outcome": "failed", "reason": "Fatal error: boom\nsecond line"}
+    commit_lines(config, "access", 1, {"last_success": NOW - 600, "last_error": error})
+    report = status.collect(config, now=NOW)
+    assert entry_of(report)["last_error"]["reason"].startswith("Fatal error: boom")
+    assert status.status_exit_code(report) == 1
+    text = status.render_text(report)
+    assert "1m ago" in text and "Fatal error: boom second line" in text
+    assert "problems: access: last import failed (failed)" in text
+
+
+def test_an_error_followed_by_a_success_is_fine(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    error = {"time": NOW - 600, "outcome": "failed", "reason": "boom"}
+    commit_lines(config, "access", 1, {"last_success": NOW - 60, "last_error": error})
+    report = status.collect(config, now=NOW)
+    assert status.status_exit_code(report) == 0
+    assert "since recovered" in status.render_text(report)
+
+
+def test_an_active_auth_pause_is_shown_and_fails_the_exit_code(tmp_path: Path) -> None:
+    config = make_config(tmp_path, token="tok")
+    key = _auth_key(config.matomo.url, "tok")
+    pause = {"until": NOW + 1800, "key": key}
+    commit_lines(config, "access", 1, {"auth_pause": pause})
+    report = status.collect(config, now=NOW)
+    assert entry_of(report)["auth_pause"] == {"until": NOW + 1800}
+    assert status.status_exit_code(report) == 1
+    assert "AUTH PAUSE" in status.render_text(report)
+    assert "in 30m" in status.render_text(report)
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["expired", "token changed", "import succeeded since"],
+)
+def test_a_lifted_auth_pause_is_not_reported(tmp_path: Path, why: str) -> None:
+    config = make_config(tmp_path, token="new-token")
+    key = _auth_key(config.matomo.url, "new-token")
+    stats: dict[str, Any] = {"auth_pause": {"until": NOW + 1800, "key": key}}
+    if why == "expired":
+        stats["auth_pause"]["until"] = NOW - 1
+    elif why == "token changed":
+        stats["auth_pause"]["key"] = _auth_key(config.matomo.url, "old-token")
+    else:
+        stats["last_success"] = NOW + 1800 - AUTH_PAUSE_SECONDS + 5
+    commit_lines(config, "access", 1, stats)
+    report = status.collect(config, now=NOW)
+    assert entry_of(report)["auth_pause"] is None
+    assert status.status_exit_code(report) == 0
+
+
+def test_a_corrupt_state_file_shows_the_way_out_and_spares_the_other_logs(tmp_path: Path) -> None:
+    config = make_config(tmp_path, names=("broken", "good"))
+    commit_lines(config, "good", 2, {"lines_read": 2})
+    state_paths(config, config.log("broken"))[0].write_text("{not json")
+    report = status.collect(config, now=NOW)
+    broken, good = entry_of(report, "broken"), entry_of(report, "good")
+    assert broken["state"] == "error"
+    assert "matomo-rt seek" in broken["error"]
+    assert "\n" not in broken["error"]
+    assert good["error"] is None and good["totals"]["lines_read"] == 2
+    assert status.status_exit_code(report) == 1
+    text = status.render_text(report)
+    assert "STATE ERROR" in text and "matomo-rt seek" in text
+    metrics = status.render_metrics(report)
+    assert 'matomo_rt_state_ok{log="broken"} 0' in metrics
+    assert 'matomo_rt_state_ok{log="good"} 1' in metrics
+    assert 'matomo_rt_lines_read_total{log="broken"}' not in metrics
+
+
+def test_a_state_file_of_another_format_is_an_error_too(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    state_paths(config, config.log("access"))[0].write_text('{"format": 99}')
+    entry = entry_of(status.collect(config, now=NOW))
+    assert "format 99" in entry["error"] and "matomo-rt seek" in entry["error"]
+
+
+def test_a_state_dir_that_cannot_exist_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = dataclasses.replace(config, state=StateConfig(blocker / "state"))
+    report = status.collect(config, now=NOW)
+    assert "not a directory" in entry_of(report)["error"]
+    assert "not a directory" in report["archive"]["error"]
+    assert status.status_exit_code(report) == 1
+    assert_exposition(status.render_metrics(report))
+
+
+def test_the_quarantine_file_is_counted(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    quarantine = state_paths(config, config.log("access"))[2]
+    quarantine.write_text('{"reason": "a"}\n{"reason": "b"}\n{"reason": "c"}\n')
+    entry = entry_of(status.collect(config, now=NOW))
+    assert entry["quarantine"] == {"path": str(quarantine), "lines": 3}
+    assert f"{quarantine} (3 lines)" in status.render_text(status.collect(config, now=NOW))
+    assert 'matomo_rt_quarantine_lines{log="access"} 3' in status.render_metrics(
+        status.collect(config, now=NOW)
+    )
+
+
+# -- locks ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lock_holder(tmp_path: Path) -> Iterator[tuple[Config, subprocess.Popen[bytes]]]:
+    """Another process holding the log's lock, as the service does."""
+    config = make_config(tmp_path)
+    lock = state_paths(config, config.log("access"))[1]
+    code = (
+        "import sys; from pathlib import Path; from matomo_rt.tail.store import SourceLock\n"
+        "lock = SourceLock(Path(sys.argv[1])); lock.acquire(); print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(lock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        yield config, proc
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def test_a_lock_held_by_another_process_is_reported_with_its_pid(
+    lock_holder: tuple[Config, subprocess.Popen[bytes]],
+) -> None:
+    config, proc = lock_holder
+    report = status.collect(config, now=NOW)
+    entry = entry_of(report)
+    assert entry["running"] is True
+    assert entry["pid"] == proc.pid
+    assert f"yes (pid {proc.pid})" in status.render_text(report)
+    assert 'matomo_rt_running{log="access"} 1' in status.render_metrics(report)
+    # status took no lock: the holder still has it, and after it exits nobody does.
+    assert proc.poll() is None
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.stdin = None
+    proc.wait(timeout=10)
+    entry = entry_of(status.collect(config, now=NOW))
+    assert (entry["running"], entry["pid"]) == (False, None)
+
+
+def test_without_proc_locks_the_flock_probe_answers(
+    lock_holder: tuple[Config, subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, proc = lock_holder
+    monkeypatch.setattr(status, "_proc_flocks", lambda: None)
+    lock = state_paths(config, config.log("access"))[1]
+    assert status.lock_holder(lock) == (True, proc.pid)
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.stdin = None
+    proc.wait(timeout=10)
+    assert status.lock_holder(lock) == (False, None)
+
+
+def test_status_never_makes_a_starting_instance_see_a_held_lock(tmp_path: Path) -> None:
+    """status looks in /proc/locks instead of probing with flock(): an `import` or the service
+    taking the lock while status runs must never be told another instance holds it."""
+    from matomo_rt.tail import SourceLock
+
+    config = make_config(tmp_path)
+    lock = state_paths(config, config.log("access"))[1]
+    lock.write_text("12345\n")
+    assert status.lock_holder(lock) == (False, None)  # a stale pid in the file is not a holder
+    stop = threading.Event()
+
+    def look() -> None:
+        while not stop.is_set():
+            status.collect(config)
+
+    watcher = threading.Thread(target=look)
+    watcher.start()
+    try:
+        for _ in range(2000):
+            with SourceLock(lock):  # raises LockedError if status held it at that instant
+                assert status.lock_holder(lock) == (True, os.getpid())
+    finally:
+        stop.set()
+        watcher.join()
+
+
+# -- archive -------------------------------------------------------------------------------
+
+
+def archive_state(config: Config, outcome: str, runs: int = 3, failures: int = 1) -> None:
+    save_state(
+        config.state.dir / "archive.state.json",
+        {
+            "last_run": {
+                "start": NOW - 130,
+                "end": NOW - 120,
+                "outcome": outcome,
+                "reason": "" if outcome == "success" else "core:archive exited 255: boom",
+                "duration": 10.0,
+            },
+            "runs": runs,
+            "failures": failures,
+        },
+    )
+
+
+def test_a_failed_archive_run_fails_the_exit_code(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    archive_state(config, "failure")
+    report = status.collect(config, now=NOW)
+    assert report["archive"]["last_run"]["outcome"] == "failure"
+    assert (report["archive"]["runs"], report["archive"]["failures"]) == (3, 1)
+    assert status.status_exit_code(report) == 1
+    text = status.render_text(report)
+    assert "failure, 2m ago" in text and "3 (1 failed)" in text
+    metrics = status.render_metrics(report)
+    assert "matomo_rt_archive_last_success 0" in metrics
+    assert "matomo_rt_archive_failures_total 1" in metrics
+    assert f"matomo_rt_archive_last_run_timestamp_seconds {NOW - 120!r}" in metrics
+    assert "matomo_rt_archive_last_duration_seconds 10.0" in metrics
+
+
+@pytest.mark.parametrize("outcome", ["success", "warning"])
+def test_a_successful_or_warning_archive_run_is_fine(tmp_path: Path, outcome: str) -> None:
+    config = make_config(tmp_path)
+    archive_state(config, outcome)
+    report = status.collect(config, now=NOW)
+    assert status.status_exit_code(report) == 0
+    assert "matomo_rt_archive_last_success 1" in status.render_metrics(report)
+
+
+def test_no_archive_state_means_never_run(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    report = status.collect(config, now=NOW)
+    assert report["archive"]["last_run"] is None
+    assert "never" in status.render_text(report)
+    assert "matomo_rt_archive_last_success" not in status.render_metrics(report).replace(
+        "matomo_rt_archive_last_success_timestamp", ""
+    )
+
+
+# -- Prometheus text -----------------------------------------------------------------------
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+_SAMPLE = re.compile(
+    rf"^({_NAME})(\{{{_LABEL}(?:,{_LABEL})*\}})? "
+    r"(-?(?:[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)|NaN|[+-]Inf)$"
+)
+_HELP = re.compile(rf"^# HELP ({_NAME}) (?:[^\\\n]|\\[\\n])*$")
+_TYPE = re.compile(rf"^# TYPE ({_NAME}) (counter|gauge|histogram|summary|untyped)$")
+
+
+def assert_exposition(text: str) -> dict[str, str]:
+    """Every line valid; HELP then TYPE then that metric's samples; each metric once."""
+    assert text.endswith("\n")
+    types: dict[str, str] = {}
+    current = None
+    for raw in text.splitlines():
+        if m := _HELP.match(raw):
+            assert m.group(1) not in types, f"{m.group(1)} described twice"
+            current = m.group(1)
+        elif m := _TYPE.match(raw):
+            assert m.group(1) == current, raw
+            types[current] = m.group(2)
+        elif m := _SAMPLE.match(raw):
+            assert m.group(1) == current, f"sample outside its block: {raw}"
+        else:
+            pytest.fail(f"not exposition format: {raw!r}")
+    return types
+
+
+def test_metrics_text_parses_and_names_the_promised_metrics(tmp_path: Path) -> None:
+    config = make_config(tmp_path, names=("access", "other"))
+    error = {"time": NOW - 5, "outcome": "failed", "reason": "x"}
+    commit_lines(
+        config,
+        "access",
+        2,
+        {
+            "lines_read": 2,
+            "imported": 2,
+            "last_success": NOW - 10,
+            "last_error": error,
+            "last_import_duration": 1.25,
+        },
+    )
+    archive_state(config, "success")
+    report = status.collect(config, now=NOW)
+    text = status.render_metrics(report)
+    types = assert_exposition(text)
+    for name in (
+        "matomo_rt_lines_read_total",
+        "matomo_rt_imported_total",
+        "matomo_rt_ignored_total",
+        "matomo_rt_quarantined_total",
+        "matomo_rt_failed_batches_total",
+        "matomo_rt_uncertain_batches_total",
+        "matomo_rt_archive_failures_total",
+    ):
+        assert types[name] == "counter"
+    for name in (
+        "matomo_rt_lag_bytes",
+        "matomo_rt_last_success_timestamp_seconds",
+        "matomo_rt_last_error_timestamp_seconds",
+        "matomo_rt_auth_paused",
+        "matomo_rt_archive_last_run_timestamp_seconds",
+        "matomo_rt_archive_last_duration_seconds",
+        "matomo_rt_archive_last_success",
+        "matomo_rt_last_import_duration_seconds",
+    ):
+        assert types[name] == "gauge"
+    assert 'matomo_rt_lines_read_total{log="access"} 2' in text
+    assert 'matomo_rt_lines_read_total{log="other"} 0' in text
+    assert 'matomo_rt_lag_bytes{log="access"} 0' in text
+    assert f'matomo_rt_last_success_timestamp_seconds{{log="access"}} {NOW - 10!r}' in text
+    assert 'matomo_rt_last_import_duration_seconds{log="access"} 1.25' in text
+    assert 'matomo_rt_auth_paused{log="access"} 0' in text
+    # Never succeeded: no sample rather than a misleading 0.
+    assert 'matomo_rt_last_success_timestamp_seconds{log="other"}' not in text
+
+
+def test_label_values_are_escaped() -> None:
+    report = {
+        "logs": [
+            {
+                "name": 'we"ird\\na\nme',
+                "error": None,
+                "totals": dict.fromkeys(status.TOTALS, 1),
+                "lag_bytes": 5,
+            }
+        ],
+        "archive": {},
+    }
+    text = status.render_metrics(report)
+    assert_exposition(text)
+    assert 'matomo_rt_lag_bytes{log="we\\"ird\\\\na\\nme"} 5' in text
+
+
+# -- textfile ------------------------------------------------------------------------------
+
+
+def test_textfile_needs_a_prom_name(tmp_path: Path) -> None:
+    with pytest.raises(status.MetricsError, match=r"\*\.prom"):
+        status.write_textfile(tmp_path / "metrics.txt", "x 1\n")
+
+
+def test_textfile_is_replaced_atomically(tmp_path: Path) -> None:
+    target = tmp_path / "matomo_rt.prom"
+    status.write_textfile(target, "a 1\n")
+    with open(target) as old:  # a reader of the old file keeps a whole old file
+        status.write_textfile(target, "a 2\n")
+        assert old.read() == "a 1\n"
+    assert target.read_text() == "a 2\n"
+    assert target.stat().st_mode & 0o777 == 0o644  # node_exporter runs as another user
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["matomo_rt.prom"]
+
+
+def test_textfile_in_an_impossible_place_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(status.MetricsError) as exc:
+        status.write_textfile(tmp_path / "file" / "m.prom", "a 1\n")
+    assert str(tmp_path / "file") in str(exc.value) and "\n" not in str(exc.value)
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+
+def fetch(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def test_metrics_server_serves_metrics_and_404_elsewhere(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    commit_lines(config, "access", 1, {"lines_read": 1})
+    with status.MetricsServer(
+        "127.0.0.1:0", lambda: status.render_metrics(status.collect(config))
+    ) as server:
+        host, port = server.address
+        code, ctype, body = fetch(f"http://{host}:{port}/metrics")
+        assert code == 200
+        assert ctype.startswith("text/plain; version=0.0.4")
+        assert_exposition(body)
+        assert 'matomo_rt_lines_read_total{log="access"} 1' in body
+        code, _, _ = fetch(f"http://{host}:{port}/")
+        assert code == 404
+        code, _, _ = fetch(f"http://{host}:{port}/metrics/x")
+        assert code == 404
+    with pytest.raises(OSError):  # stopped: the port is closed
+        socket.create_connection((host, port), timeout=2).close()
+
+
+def test_metrics_server_answers_500_when_rendering_fails() -> None:
+    def broken() -> str:
+        raise RuntimeError("boom")
+
+    with status.MetricsServer("127.0.0.1:0", broken) as server:
+        host, port = server.address
+        code, _, body = fetch(f"http://{host}:{port}/metrics")
+        assert code == 500 and "boom" not in body
+
+
+def test_metrics_server_bind_error_names_the_address() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = status.MetricsServer(f"127.0.0.1:{port}", lambda: "")
+        with pytest.raises(status.MetricsError) as exc:
+            server.start()
+    message = str(exc.value)
+    assert f"127.0.0.1:{port}" in message and "\n" not in message
+
+
+# -- text helpers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [(0.2, "just now"), (42, "42s ago"), (180, "3m ago"), (7200, "2h ago"), (-1800, "in 30m")],
+)
+def test_ages(delta: float, text: str) -> None:
+    assert status.age(NOW - delta, NOW) == text
+    assert status.age(None, NOW) == "never"
+
+
+def test_collect_is_fast_enough_for_every_scrape(tmp_path: Path) -> None:
+    config = make_config(tmp_path, names=tuple(f"log{i}" for i in range(20)))
+    for i in range(20):
+        commit_lines(config, f"log{i}", 5, {"lines_read": 5})
+    started = time.monotonic()
+    report = status.collect(config)
+    assert time.monotonic() - started < 2
+    assert len(report["logs"]) == 20
