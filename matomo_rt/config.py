@@ -237,14 +237,40 @@ def _path(value: Any) -> Path:
     return Path(_str(value)).expanduser()
 
 
+#: import_logs.py options matomo-rt sets itself, or that break the commit protocol.
+_IMPORT_FLAGS_REFUSED = {
+    "--token-auth": "never put the token in flags: use matomo.token_auth_file",
+    "--url": "set matomo.url instead",
+    "--log-format-name": "matomo-rt always reads nginx_json",
+    "--log-format-regex": "matomo-rt always reads nginx_json",
+    "--dry-run": "use `matomo-rt import --dry-run`: here nothing would reach Matomo while the"
+    " offset moves on",
+    "--skip": "matomo-rt keeps the position itself (see `matomo-rt seek`)",
+    "--output": "import_logs.py would print no summary, so no batch could ever be committed",
+}
+
+
 def _flags(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError('must be a list of strings such as ["--enable-http-errors"]')
     for flag in value:
         if not flag.startswith("-"):
             raise ValueError(f"{flag!r} is not an option (options start with -)")
-        if flag.split("=", 1)[0] in ("--token-auth", "--token_auth"):
-            raise ValueError("never put the token in flags: use matomo.token_auth_file")
+        name = flag.split("=", 1)[0].replace("_", "-")
+        if name in _IMPORT_FLAGS_REFUSED:
+            raise ValueError(f"{name}: {_IMPORT_FLAGS_REFUSED[name]}")
+    return tuple(value)
+
+
+def _archive_flags(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError('must be a list of strings such as ["--force-all-websites"]')
+    for flag in value:
+        name = flag.split("=", 1)[0].replace("_", "-")
+        if name in ("--url", "--token-auth"):
+            raise ValueError(f"{name}: {_IMPORT_FLAGS_REFUSED[name]}")
+        if not flag.startswith("-"):
+            raise ValueError(f"{flag!r} is not an option (options start with -)")
     return tuple(value)
 
 
@@ -369,7 +395,7 @@ def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
         enabled=t.get("enabled", _bool, d2.enabled),
         schedule=t.get("schedule", _cron, d2.schedule),
         timeout=t.get("timeout", parse_duration, d2.timeout),
-        flags=t.get("flags", _flags, d2.flags),
+        flags=t.get("flags", _archive_flags, d2.flags),
     )
     t.finish()
 
@@ -415,7 +441,7 @@ def _logs(
         t = _Table(loader, entry, where)
         path = rel(t.get("path", _path, None))
         name = t.get("name", _name, None)
-        if path is None:
+        if "path" not in entry:
             loader.error(f"{where}.path", "missing (the log file to import)")
         if name is None and path is not None and "name" not in entry:
             name = _NAME_FROM_PATH.sub("_", path.name).strip("._-") or f"log{index}"

@@ -328,3 +328,12 @@ def test_example_config_loads() -> None:
     if not example.exists():
         pytest.skip("config.example.toml is not written yet")
     load(example)
+
+
+@pytest.mark.parametrize(
+    "flag", ["--output=/tmp/x", "--dry-run", "--skip=10", "--url=http://x", "--log-format-name=x"]
+)
+def test_import_flags_that_break_the_commit_protocol_are_refused(tmp_path: Path, flag: str) -> None:
+    """Flags matomo-rt sets itself, or with which no batch could be committed truthfully."""
+    found = problems(tmp_path, f'[import]\nflags = ["{flag}"]\n')
+    assert len(found) == 1 and "import.flags" in found[0] and flag.split("=")[0] in found[0]

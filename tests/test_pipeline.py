@@ -1,0 +1,679 @@
+"""One import pass, read -> guard -> import -> commit, against the import_logs.py double.
+
+Each test is one row of docs/outcomes.md: a fault import_logs.py or Matomo shows, the outcome
+matomo-rt derives, what it commits, and what the next pass does. The double runs as a real process
+(through matomo_rt.execute, with the token launcher), "records" what Matomo would hold in
+IMPORT_DOUBLE_RECORD and logs each run in IMPORT_DOUBLE_CALLS, so "committed" is checked against
+the state file and "delivered" against the record, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from matomo_rt.commands import EXIT_CONFIG, EXIT_FAILURE, EXIT_NOPERM, EXIT_OK, run_import
+from matomo_rt.config import Config, ConfigError, load
+from matomo_rt.matomo import importer
+from matomo_rt.pipeline import PassReport, open_sources, state_paths
+
+ROOT = Path(__file__).resolve().parent.parent
+DOUBLE = ROOT / "tests" / "doubles" / "import_logs.py"
+_SCRIPT = Path(sys.executable).parent / "matomo-rt"
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "matomo_rt"]
+TOKEN = "tok-5e1f0c93a7d24b68"
+DEADLINE = 20.0
+
+
+def log_line(i: int, **fields: Any) -> bytes:
+    """The i-th request of a test log (each line unique); ``...`` leaves a field out."""
+    record: dict[str, Any] = {
+        "ip": f"198.51.100.{i % 250}",
+        "host": "www.example.org",
+        "path": f"/page/{i}",
+        "status": "200",
+        "referrer": "-",
+        "user_agent": "Mozilla/5.0",
+        "length": 100 + i,
+        "generation_time_milli": 0.012,
+        "date": "2024-06-01T12:00:00+00:00",
+    }
+    record.update(fields)
+    return json.dumps({k: v for k, v in record.items() if v is not ...}).encode() + b"\n"
+
+
+def wait_for(what: str, condition: Callable[[], Any], deadline: float = DEADLINE) -> Any:
+    """Poll an observable condition until it holds; fail with `what` after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie counts: it runs no more code)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@dataclass
+class Rig:
+    """A temporary log, state directory, token file and config, with the double's files."""
+
+    tmp: Path
+    log: Path
+    state: Path
+    token_file: Path
+    config_path: Path
+    record: Path
+    calls: Path
+    control: Path
+
+    def write_config(
+        self,
+        *,
+        batch_lines: int = 10,
+        timeout: str = "20s",
+        flags: tuple[str, ...] = ("--enable-http-errors", "--enable-http-redirects"),
+        on_uncertain: str = "resend",
+        idsite: Optional[int] = None,
+        extra_logs: str = "",
+        import_logs: Optional[Path] = None,
+        python: str = sys.executable,
+    ) -> Config:
+        """Write the TOML file and load it as matomo-rt does."""
+        idsite_line = f"idsite = {idsite}" if idsite is not None else ""
+        self.config_path.write_text(
+            textwrap.dedent(
+                f"""\
+                [matomo]
+                url = "http://matomo.example"
+                import_logs = "{import_logs or DOUBLE}"
+                python = "{python}"
+                token_auth_file = "{self.token_file}"
+
+                [import]
+                interval = "1s"
+                batch_lines = {batch_lines}
+                timeout = "{timeout}"
+                flags = {json.dumps(list(flags))}
+                on_uncertain = "{on_uncertain}"
+                start_at = "beginning"
+
+                [state]
+                dir = "{self.state}"
+
+                [[logs]]
+                name = "web"
+                path = "{self.log}"
+                {idsite_line}
+                """
+            )
+            + textwrap.dedent(extra_logs)
+        )
+        return load(self.config_path)
+
+    def set_control(self, **control: Any) -> None:
+        self.control.write_text(json.dumps(control))
+
+    def clear_control(self) -> None:
+        self.control.unlink(missing_ok=True)
+
+    def append(self, lines: list[bytes]) -> None:
+        with self.log.open("ab") as fh:
+            fh.write(b"".join(lines))
+
+    def recorded(self) -> list[bytes]:
+        if not self.record.exists():
+            return []
+        return self.record.read_bytes().splitlines(keepends=True)
+
+    def call_log(self) -> list[dict[str, Any]]:
+        if not self.calls.exists():
+            return []
+        return [json.loads(x) for x in self.calls.read_text().splitlines() if x.strip()]
+
+    def starts(self) -> list[dict[str, Any]]:
+        return [c for c in self.call_log() if c["event"] == "start"]
+
+    def state_doc(self, name: str = "web") -> dict[str, Any]:
+        path = self.state / f"{name}.state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def offset(self, name: str = "web") -> int:
+        """The committed byte offset in the live file (0 before any commit)."""
+        position = self.state_doc(name).get("position") or {}
+        current = position.get("current") or {}
+        return current.get("offset") or 0
+
+    def stats(self, name: str = "web") -> dict[str, Any]:
+        return self.state_doc(name).get("stats", {})
+
+    def quarantined(self, name: str = "web") -> list[dict[str, Any]]:
+        path = self.state / f"{name}.quarantine.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def make_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
+    """An empty log, a state directory, a private token file; the double's files in the env."""
+    r = Rig(
+        tmp=tmp_path,
+        log=tmp_path / "access.log",
+        state=tmp_path / "state",
+        token_file=tmp_path / "token",
+        config_path=tmp_path / "config.toml",
+        record=tmp_path / "record",
+        calls=tmp_path / "calls",
+        control=tmp_path / "control.json",
+    )
+    r.state.mkdir()
+    r.token_file.write_text(TOKEN + "\n")
+    r.token_file.chmod(0o600)
+    r.log.write_bytes(b"")
+    monkeypatch.setenv("IMPORT_DOUBLE_RECORD", str(r.record))
+    monkeypatch.setenv("IMPORT_DOUBLE_CALLS", str(r.calls))
+    monkeypatch.setenv("IMPORT_DOUBLE_CONTROL", str(r.control))
+    monkeypatch.delenv("MATOMO_TOKEN_AUTH", raising=False)
+    return r
+
+
+@pytest.fixture
+def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
+    return make_rig(tmp_path, monkeypatch)
+
+
+def one_pass(config: Config, **kwargs: Any) -> PassReport:
+    """Open the (only) source as `import` does, run one pass, close it."""
+    (source,) = open_sources(config)
+    with source:
+        return source.run_pass(**kwargs)
+
+
+def lines_of(start: int, stop: int) -> list[bytes]:
+    return [log_line(i) for i in range(start, stop)]
+
+
+# -- success ------------------------------------------------------------------------------------
+
+
+def test_success_commits_everything_and_matomo_holds_the_input(rig: Rig) -> None:
+    config = rig.write_config(batch_lines=10)
+    data = lines_of(0, 25)
+    rig.append(data)
+    report = one_pass(config)
+    assert report.outcome == importer.SUCCESS and report.error is None
+    assert report.caught_up and report.batches == 3
+    assert report.committed_lines == report.lines_read == report.imported == 25
+    assert rig.recorded() == data
+    assert rig.offset() == rig.log.stat().st_size
+    stats = rig.stats()
+    assert stats["lines_read"] == 25 and stats["imported"] == 25 and "last_success" in stats
+    assert len(rig.starts()) == 3  # one importer run per batch
+    assert all(c["token_auth"] == TOKEN for c in rig.starts())
+    # Nothing new: no importer run, nothing recorded twice.
+    assert one_pass(config).caught_up
+    assert len(rig.starts()) == 3 and rig.recorded() == data
+
+
+# -- fatal error with --skip=N ----------------------------------------------------------------
+
+
+def test_fatal_error_commits_exactly_the_lines_before_the_failed_post(rig: Rig) -> None:
+    """POSTs of 4 lines; the one holding line 9 fails: `--skip=8`, lines 0-7 committed."""
+    config = rig.write_config(
+        batch_lines=20, flags=("--enable-http-errors", "--recorder-max-payload-size=4")
+    )
+    data = lines_of(0, 20)
+    rig.append(data)
+    rig.set_control(fatal_after_lines=9)
+    report = one_pass(config)
+    assert report.outcome == importer.PARTIAL
+    assert "HTTP Error 500" in (report.error or "")
+    assert report.committed_lines == 8
+    assert rig.offset() == len(b"".join(data[:8]))
+    assert rig.recorded() == data[:8]
+    assert rig.stats()["last_error"]["outcome"] == importer.PARTIAL
+
+    rig.clear_control()
+    report = one_pass(config)
+    assert report.outcome == importer.SUCCESS and report.caught_up
+    assert rig.recorded() == data  # the rest, exactly once
+    assert rig.offset() == rig.log.stat().st_size
+
+
+def test_skip_is_mapped_past_quarantined_lines(rig: Rig) -> None:
+    """`--skip=N` counts the lines the importer got; quarantined ones are not among them."""
+    config = rig.write_config(batch_lines=12, flags=("--recorder-max-payload-size=2",))
+    data = lines_of(0, 12)
+    data[2] = b"not json at all\n"
+    data[6] = log_line(6, status="")
+    rig.append(data)
+    good = [x for i, x in enumerate(data) if i not in (2, 6)]
+    rig.set_control(fatal_after_lines=4)  # the importer's lines 4-5 fail: --skip=4
+    report = one_pass(config)
+    assert report.outcome == importer.PARTIAL
+    # The importer's first 4 lines are batch lines 0, 1, 3, 4: commit through batch line 4.
+    assert rig.offset() == len(b"".join(data[:5]))
+    assert rig.recorded() == good[:4]
+    assert [q["reason"] for q in rig.quarantined()] == ["not valid JSON"]
+
+    rig.clear_control()
+    assert one_pass(config).caught_up
+    assert rig.recorded() == good
+    assert [q["line"].encode() + b"\n" for q in rig.quarantined()] == [data[2], data[6]]
+    assert rig.stats()["quarantined"] == 2
+
+
+# -- nothing recorded: failed, refused, auth, usage ---------------------------------------------
+
+
+@pytest.mark.parametrize("idsite", [None, 1], ids=["lookup", "idsite"])
+def test_unreachable_commits_nothing_and_a_later_pass_delivers(
+    rig: Rig, idsite: Optional[int]
+) -> None:
+    config = rig.write_config(idsite=idsite)
+    data = lines_of(0, 5)
+    rig.append(data)
+    rig.set_control(fail="unreachable")
+    report = one_pass(config)
+    assert report.outcome == importer.FAILED
+    assert "Connection refused" in (report.error or "")
+    assert report.committed_lines == 0 and rig.offset() == 0
+    assert rig.recorded() == []
+    error = rig.stats()["last_error"]
+    assert error["outcome"] == importer.FAILED and "Connection refused" in error["reason"]
+    assert rig.stats()["failed_batches"] == 1
+
+    rig.clear_control()
+    assert one_pass(config).outcome == importer.SUCCESS
+    assert rig.recorded() == data
+
+
+def test_matomo_refusing_every_hit_commits_nothing(rig: Rig) -> None:
+    config = rig.write_config()
+    data = lines_of(0, 6)
+    rig.append(data)
+    rig.set_control(fail="refuse_all")
+    report = one_pass(config)
+    assert report.outcome == importer.REFUSED
+    assert "write access" in (report.error or "")
+    assert rig.offset() == 0 and rig.recorded() == []
+    assert rig.stats()["last_error"]["outcome"] == importer.REFUSED
+
+    rig.clear_control()
+    assert one_pass(config).outcome == importer.SUCCESS
+    assert rig.recorded() == data
+
+
+def test_some_hits_refused_commits_and_warns(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    config = rig.write_config()
+    data = lines_of(0, 6)
+    rig.append(data)
+    rig.set_control(refuse_lines=[1, 4])
+    with caplog.at_level(logging.WARNING):
+        report = one_pass(config)
+    assert report.outcome == importer.SUCCESS and report.caught_up
+    assert rig.offset() == rig.log.stat().st_size
+    assert rig.recorded() == [x for i, x in enumerate(data) if i not in (1, 4)]
+    assert "Matomo refused 2 of 6 requests" in caplog.text
+
+
+def test_unmatched_hosts_commit_and_warn_with_the_host_names(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = rig.write_config()
+    data = [log_line(0), log_line(1, host="stray.example"), log_line(2)]
+    rig.append(data)
+    rig.set_control(sites={"www.example.org": 1})
+    with caplog.at_level(logging.WARNING):
+        report = one_pass(config)
+    assert report.outcome == importer.SUCCESS
+    assert report.unmatched_hosts == {"stray.example"}
+    assert rig.offset() == rig.log.stat().st_size
+    assert rig.recorded() == [data[0], data[2]]
+    assert "stray.example" in caplog.text and "--idsite-fallback" in caplog.text
+
+
+@pytest.mark.parametrize("idsite", [None, 1], ids=["lookup", "idsite"])
+def test_wrong_token_pauses_imports_until_the_token_changes(
+    rig: Rig, caplog: pytest.LogCaptureFixture, idsite: Optional[int]
+) -> None:
+    config = rig.write_config(idsite=idsite)
+    data = lines_of(0, 5)
+    rig.append(data)
+    rig.set_control(valid_tokens=["the-right-token"])
+    with caplog.at_level(logging.ERROR):
+        report = one_pass(config)
+    assert report.outcome == importer.AUTH
+    assert rig.offset() == 0 and rig.recorded() == []
+    pause = rig.stats()["auth_pause"]
+    assert pause["until"] > time.time() + 3000
+    assert "refused the token" in caplog.text
+    assert len(rig.starts()) == 1
+
+    # The next passes do not call Matomo (each refused token is a failed login there).
+    for _ in range(2):
+        report = one_pass(config)
+        assert report.outcome == importer.AUTH and "paused" in (report.error or "")
+    assert run_import(config, None) == EXIT_NOPERM
+    assert len(rig.starts()) == 1
+
+    rig.token_file.write_text("the-right-token\n")
+    report = one_pass(config)
+    assert report.outcome == importer.SUCCESS and report.caught_up
+    assert rig.recorded() == data
+    assert rig.starts()[-1]["token_auth"] == "the-right-token"
+
+
+def test_usage_error_is_a_configuration_error(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    config = rig.write_config(flags=("--enable-http-errors", "--bogus-flag"))
+    rig.append(lines_of(0, 3))
+    with caplog.at_level(logging.ERROR):
+        assert run_import(config, None) == EXIT_CONFIG
+    assert "--bogus-flag" in caplog.text
+    assert rig.offset() == 0 and rig.recorded() == []
+    assert rig.stats()["last_error"]["outcome"] == importer.USAGE
+
+
+def test_importer_that_cannot_start_is_a_failure(rig: Rig) -> None:
+    script = rig.tmp / "import_logs.py"
+    script.write_text("")
+    config = rig.write_config(import_logs=script, python=str(rig.tmp / "no-such-python"))
+    rig.append(lines_of(0, 3))
+    report = one_pass(config)
+    assert report.outcome == importer.FAILED and "no such file" in (report.error or "")
+    assert rig.offset() == 0
+    assert run_import(config, None) == EXIT_FAILURE
+
+
+# -- the importer hangs or dies ----------------------------------------------------------------
+
+
+HANG_FLAGS = ("--enable-http-errors", "--recorder-max-payload-size=3")
+#: Long enough for the double to start and reach its hang on a busy machine.
+HANG_TIMEOUT = "2.5s"
+
+
+def test_hang_times_out_and_resend_delivers_everything(rig: Rig) -> None:
+    """Lines 0-4 of the first batch reach Matomo, then its POST hangs: uncertain, resent."""
+    config = rig.write_config(batch_lines=10, timeout=HANG_TIMEOUT, flags=HANG_FLAGS)
+    data = lines_of(0, 25)
+    rig.append(data)
+    rig.set_control(hang_after_lines=5)
+    report = one_pass(config)
+    assert report.outcome == importer.UNCERTAIN
+    assert report.uncertain == 1 and "timed out" in (report.error or "")
+    assert rig.offset() == 0
+    assert rig.recorded() == data[:5]
+    assert rig.stats()["uncertain_batches"] == 1
+
+    rig.clear_control()
+    assert one_pass(config).caught_up
+    recorded = rig.recorded()
+    assert recorded == data[:5] + data  # resent: nothing lost
+    duplicates = sum(n - 1 for n in Counter(recorded).values())
+    assert 0 < duplicates <= 10  # at most one batch
+
+
+def test_hang_without_answer_is_uncertain(rig: Rig) -> None:
+    """A non-JSON API answer kills the recorder thread: the importer waits forever."""
+    config = rig.write_config(batch_lines=10, timeout=HANG_TIMEOUT)
+    rig.append(lines_of(0, 4))
+    rig.set_control(fail="hang")
+    report = one_pass(config)
+    assert report.outcome == importer.UNCERTAIN and rig.offset() == 0
+    assert all(c["event"] == "start" for c in rig.call_log())  # it never ended by itself
+    assert process_gone(rig.starts()[0]["pid"])  # and it does not outlive the timeout
+
+
+def test_hang_with_on_uncertain_skip_moves_past_the_batch(rig: Rig) -> None:
+    config = rig.write_config(
+        batch_lines=10, timeout=HANG_TIMEOUT, flags=HANG_FLAGS, on_uncertain="skip"
+    )
+    data = lines_of(0, 25)
+    rig.append(data)
+    rig.set_control(hang_after_lines=5)
+    report = one_pass(config)
+    assert report.outcome == importer.UNCERTAIN and report.uncertain == 1
+    assert rig.offset() == len(b"".join(data[:10]))  # the batch is committed
+    assert rig.stats()["uncertain_batches"] == 1
+
+    rig.clear_control()
+    assert one_pass(config).caught_up
+    # At most once: lines 5-9 are lost, nothing is recorded twice.
+    assert rig.recorded() == data[:5] + data[10:]
+
+
+def test_sigkill_mid_import_then_restart_delivers_everything(rig: Rig) -> None:
+    """`matomo-rt import` killed while import_logs.py is inside a POST: the child dies with
+    it, the batch was not committed, the restart resends it (duplicates within one batch)."""
+    rig.write_config(batch_lines=10, flags=HANG_FLAGS)
+    first = lines_of(0, 20)
+    rig.append(first)
+    done = subprocess.run([*CLI, "-c", str(rig.config_path), "import"], timeout=60)
+    assert done.returncode == 0 and rig.recorded() == first
+    size_before = rig.offset()
+
+    more = lines_of(20, 45)
+    rig.append(more)
+    rig.set_control(hang_after_lines=7)  # POSTs 0-2, 3-5 held; 6 of 6-8 held, then it hangs
+    proc = subprocess.Popen([*CLI, "-c", str(rig.config_path), "import"])
+    try:
+        start = wait_for("the importer to start", lambda: rig.starts()[2:])
+        pid = start[0]["pid"]
+        wait_for("the hung POST", lambda: len(rig.recorded()) == 27)
+        assert not process_gone(pid)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=DEADLINE)
+    wait_for("the importer to die with matomo-rt", lambda: process_gone(pid))
+    assert rig.offset() == size_before  # nothing of the killed batch committed
+
+    rig.clear_control()
+    done = subprocess.run([*CLI, "-c", str(rig.config_path), "import"], timeout=60)
+    assert done.returncode == 0
+    recorded = rig.recorded()
+    assert recorded == first + more[:7] + more
+    duplicates = sum(n - 1 for n in Counter(recorded).values())
+    assert duplicates == 7 <= 10
+    assert rig.offset() == rig.log.stat().st_size
+
+
+# -- poison lines -------------------------------------------------------------------------------
+
+POISON = [
+    (b"garbage\n", "not valid JSON"),
+    (b"\n", "empty line"),
+    (b"[1, 2]\n", "a JSON list, not an object"),
+    (log_line(900, status=""), "status is empty"),
+    (log_line(901, date=...), "date is missing or null"),
+    (log_line(902, path=None), "path is missing or null"),
+    (log_line(903, user_agent=[1]), "user_agent is a list"),
+    (log_line(904, date="2024-06-01T12:00:00+9999999999"), "date is out of range"),
+    (log_line(905, host="bad\udc80host"), "lone surrogate"),
+    (log_line(906)[:-2] + b', "userid": Infinity}\n', "userid holds NaN or Infinity"),
+]
+
+
+def test_poison_lines_never_stall_the_log(rig: Rig) -> None:
+    """Good, normalisable and quarantinable lines, interleaved and in a run of their own."""
+    config = rig.write_config(batch_lines=3)
+    data: list[bytes] = []
+    good: list[bytes] = []
+    normalised = [log_line(800, status=404), log_line(801, user_agent=None, length=None)]
+    poison = [raw for raw, _ in POISON]
+    for i in range(12):
+        data.append(log_line(i))
+        good.append(log_line(i))
+        if i % 3 == 0:
+            data.append(poison.pop(0))
+    assert len(poison) >= 2 * 3 - 1
+    data += poison  # at least one whole batch of nothing but poison
+    data += [*normalised, log_line(99)]
+    good.append(log_line(99))
+    rig.append(data)
+
+    report = one_pass(config)
+    assert report.caught_up and report.error is None
+    assert rig.offset() == rig.log.stat().st_size
+    assert len(rig.starts()) < report.batches  # no importer run for an all-poison batch
+    recorded = rig.recorded()
+    assert [x for x in recorded if x in good] == good
+    assert len(recorded) == len(good) + len(normalised)
+    paths = [json.loads(x)["path"] for x in recorded if x not in good]
+    assert paths == ["/page/800", "/page/801"]
+
+    held = rig.quarantined()
+    assert [q["line"].encode("utf-8", "surrogateescape") + b"\n" for q in held] == [
+        raw for raw, _ in POISON
+    ]
+    for q, (_, reason) in zip(held, POISON):
+        assert reason in q["reason"]
+    stats = rig.stats()
+    assert stats["quarantined"] == len(POISON) and stats["normalised"] == 2
+    assert stats["lines_read"] == len(data)
+
+
+# -- the token ---------------------------------------------------------------------------------
+
+
+def test_token_is_not_on_the_importer_command_line(rig: Rig) -> None:
+    """What `ps` shows of the running importer (/proc/PID/cmdline) has no token."""
+    config = rig.write_config(timeout="20s")
+    rig.append(lines_of(0, 3))
+    rig.set_control(fail="hang")
+    (source,) = open_sources(config)
+    result: list[PassReport] = []
+    with source:
+        worker = threading.Thread(target=lambda: result.append(source.run_pass()))
+        worker.start()
+        start = wait_for("the importer to start", rig.starts)[0]
+        try:
+            cmdline = Path(f"/proc/{start['pid']}/cmdline").read_bytes()
+            assert b"import_logs.py" in cmdline and b"--url=http://matomo.example" in cmdline
+            assert TOKEN.encode() not in cmdline
+            args = cmdline.decode().split("\0")
+            assert args[1:3] == ["-c", importer.LAUNCHER]  # names the variable, holds no token
+            assert not any("token" in a for a in args[3:])
+            assert start["token_auth"] == TOKEN  # yet import_logs.py got it
+        finally:
+            os.killpg(os.getpgid(start["pid"]), signal.SIGKILL)
+            worker.join(DEADLINE)
+    assert result and result[0].outcome == importer.UNCERTAIN
+
+
+LEAKY_IMPORTER = """\
+import sys
+print("argv:", sys.argv)
+print("argv:", sys.argv, file=sys.stderr)
+token = [a for a in sys.argv if a.startswith("--token-auth=")][0].split("=", 1)[1]
+print("POST token_auth=" + token + "&x=1", file=sys.stderr)
+raise RuntimeError("import failed with token " + token)
+"""
+
+
+def test_token_is_in_no_log_line_error_or_traceback(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An importer that prints its argv and dies with the token in its traceback."""
+    script = rig.tmp / "import_logs.py"
+    script.write_text(LEAKY_IMPORTER)
+    config = rig.write_config(import_logs=script)
+    rig.append(lines_of(0, 3))
+    with caplog.at_level(logging.DEBUG):
+        report = one_pass(config)
+    assert report.outcome == importer.UNCERTAIN
+    assert "RuntimeError: import failed with token ***" in (report.error or "")
+    assert caplog.text and TOKEN not in caplog.text
+    assert TOKEN not in json.dumps(rig.state_doc())
+
+    proc = subprocess.run(
+        [*CLI, "-vv", "-c", str(rig.config_path), "import"], capture_output=True, timeout=60
+    )
+    assert proc.returncode == EXIT_FAILURE
+    assert b"RuntimeError" in proc.stderr
+    assert TOKEN.encode() not in proc.stderr + proc.stdout
+
+
+def test_world_readable_token_file_warns(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    config = rig.write_config()
+    with caplog.at_level(logging.WARNING):
+        open_sources(config)
+    assert "readable by every user" not in caplog.text
+    rig.token_file.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        (source,) = open_sources(config)
+    assert source.token == TOKEN
+    assert "readable by every user" in caplog.text and f"chmod o-r {rig.token_file}" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+def test_missing_token_file_is_one_line_config_error(rig: Rig) -> None:
+    config = rig.write_config()
+    rig.token_file.unlink()
+    with pytest.raises(ConfigError) as exc:
+        run_import(config, None)
+    assert len(exc.value.problems) == 1 and "\n" not in str(exc.value)
+    assert "matomo.token_auth_file" in str(exc.value) and "no such file" in str(exc.value)
+
+
+def test_state_paths_live_in_the_state_directory(rig: Rig) -> None:
+    config = rig.write_config()
+    state, lock, quarantine = state_paths(config, config.logs[0])
+    assert {p.parent for p in (state, lock, quarantine)} == {rig.state}
+    assert (state.name, lock.name, quarantine.name) == (
+        "web.state.json",
+        "web.lock",
+        "web.quarantine.jsonl",
+    )
+
+
+def test_run_import_returns_ok_when_caught_up(rig: Rig) -> None:
+    config = rig.write_config()
+    rig.append(lines_of(0, 3))
+    assert run_import(config, None) == EXIT_OK
+    assert len(rig.recorded()) == 3
+
+
+def test_outcome_table_rows_each_name_existing_tests() -> None:
+    """docs/outcomes.md: every fault row names at least one test, and each named test exists."""
+    files = {
+        "pipeline": ROOT / "tests" / "test_pipeline.py",
+        "command": ROOT / "tests" / "test_import_command.py",
+        "importer": ROOT / "tests" / "matomo" / "test_importer.py",
+        "guard": ROOT / "tests" / "test_guard.py",
+    }
+    text = (ROOT / "docs" / "outcomes.md").read_text()
+    table = text.split("## Fault by fault", 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| fault")]
+    assert len(rows) >= 20
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        assert len(cells) == 6, row
+        refs = re.findall(r"`(\w+)::(test_\w+)`", cells[5])
+        assert refs, f"no test for: {cells[0]}"
+        for module, name in refs:
+            assert f"def {name}(" in files[module].read_text(), f"{module}::{name}"
