@@ -18,7 +18,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -53,6 +53,12 @@ class GuardResult:
     origin: list[int] = field(default_factory=list)  # batch line index of each sent line
     quarantined: list[tuple[int, str, bytes]] = field(default_factory=list)
     normalised: int = 0
+    complete: bool = True  # False while guarded_chunks() has not reached the batch's end
+
+    @property
+    def sent(self) -> int:
+        """Lines handed (or to hand) to the importer."""
+        return len(self.origin)
 
     def original_lines_before(self, sent: int) -> int:
         """How many batch lines precede the `sent`-th line handed to the importer.
@@ -205,6 +211,36 @@ def _why(key: str, value: Any) -> str:
     if value is None:
         return f"{key} is missing or null"
     return f"{key} is a {type(value).__name__}, not a string"
+
+
+def guarded_chunks(
+    lines: Iterable[bytes], result: GuardResult, chunk_bytes: int = 1 << 20
+) -> Iterator[bytes]:
+    """The importer's stdin in large pieces, checked as it is consumed.
+
+    Lazy, so the Guard works while import_logs.py is busy with the previous piece (the two
+    overlap on a multi-core host) and no second copy of the batch is held. `result` is filled
+    as it goes (good lines are not kept) and marked complete at the end.
+    """
+    result.complete = False
+    piece: list[bytes] = []
+    size = 0
+    for index, line in enumerate(lines):
+        good, reason = check_line(line)
+        if good is None:
+            result.quarantined.append((index, reason, line))
+            continue
+        if good is not line:
+            result.normalised += 1
+        result.origin.append(index)
+        piece.append(good)
+        size += len(good)
+        if size >= chunk_bytes:
+            yield b"".join(piece)
+            piece, size = [], 0
+    if piece:
+        yield b"".join(piece)
+    result.complete = True
 
 
 def guard(lines: Iterable[bytes]) -> GuardResult:

@@ -9,6 +9,7 @@ else keeps the offset, so the same batch is offered again later.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from matomo_rt import execute
 from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
-from matomo_rt.guard import GuardResult, Quarantine, guard
+from matomo_rt.guard import GuardResult, Quarantine, guarded_chunks
 from matomo_rt.matomo import importer
 from matomo_rt.tail import Batch, LogReader, SourceLock
 from matomo_rt.tail.position import Position
@@ -61,20 +62,6 @@ def state_paths(config: Config, log_config: LogConfig) -> tuple[Path, Path, Path
 def _auth_key(url: Optional[str], token: Optional[str]) -> str:
     """Changes when the URL or token changes: a new token lifts the authentication pause."""
     return hashlib.sha256(f"{url}\0{token}".encode()).hexdigest()[:16]
-
-
-def _stdin_chunks(lines: list[bytes]) -> Iterator[bytes]:
-    """Few large writes instead of one per line."""
-    piece: list[bytes] = []
-    size = 0
-    for line in lines:
-        piece.append(line)
-        size += len(line)
-        if size >= STDIN_CHUNK:
-            yield b"".join(piece)
-            piece, size = [], 0
-    if piece:
-        yield b"".join(piece)
 
 
 class Source:
@@ -222,8 +209,10 @@ class Source:
 
     def _import_batch(self, batch: Batch, report: PassReport) -> bool:
         """Hand one batch to the importer and commit what its outcome allows."""
-        checked = guard(batch.iter_lines())
-        if not checked.lines:
+        checked = GuardResult()
+        stdin = guarded_chunks(batch.iter_lines(), checked, STDIN_CHUNK)
+        first = next(stdin, None)
+        if first is None:  # every line quarantined: nothing to import
             self._quarantine_prefix(checked, batch.lines)
             self._commit(
                 batch.end,
@@ -233,11 +222,24 @@ class Source:
             report.quarantined += len(checked.quarantined)
             report.committed_lines += batch.lines
             return True
-        result = self._run_importer(checked)
+        result = self._run_importer(checked, itertools.chain([first], stdin))
+        if not checked.complete:
+            # import_logs.py stopped reading early: finish the line maps for the commit.
+            try:
+                for _ in stdin:
+                    pass
+            except ValueError:  # the feeder thread still holds the generator
+                pass
+            if result.outcome == importer.SUCCESS:
+                result = importer.ImportResult(
+                    importer.UNCERTAIN,
+                    result.returncode,
+                    reason="import_logs.py exited before reading the whole batch",
+                )
         report.outcome = result.outcome
         report.unmatched_hosts.update(result.unmatched_hosts)
         if result.outcome == importer.SUCCESS:
-            self._commit_prefix(batch, checked, len(checked.lines), result, report)
+            self._commit_prefix(batch, checked, checked.sent, result, report)
             if result.refused_hits:
                 log.warning(
                     "%s: Matomo refused %d of %d requests (see import_logs.py's log lines)",
@@ -259,9 +261,7 @@ class Source:
                     result.reason,
                     batch.lines,
                 )
-                self._commit_prefix(
-                    batch, checked, len(checked.lines), result, report, uncertain=True
-                )
+                self._commit_prefix(batch, checked, checked.sent, result, report, uncertain=True)
                 report.error = result.reason
                 return False
             log.warning(
@@ -291,7 +291,7 @@ class Source:
         self._record_error(result.outcome, result.reason, **extra)
         return False
 
-    def _run_importer(self, checked: GuardResult) -> importer.ImportResult:
+    def _run_importer(self, checked: GuardResult, stdin: Iterator[bytes]) -> importer.ImportResult:
         matomo = self.config.matomo
         script = matomo.import_logs_script
         if matomo.url is None or script is None:
@@ -309,7 +309,7 @@ class Source:
         try:
             done = execute.run(
                 argv,
-                stdin=_stdin_chunks(checked.lines),
+                stdin=stdin,
                 env_extra=importer.child_env(self.token),
                 timeout=self.config.import_.timeout,
                 secrets=secrets,
@@ -321,7 +321,7 @@ class Source:
             done.returncode,
             done.stdout.decode("utf-8", "replace"),
             execute.redact(done.stderr.decode("utf-8", "replace"), secrets),
-            len(checked.lines),
+            checked.sent,
             timed_out=done.timed_out,
         )
 
