@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 AUTH_PAUSE_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 900.0
+QUIET_SUCCESS_SECONDS = 60.0
 STDIN_CHUNK = 1 << 20
 
 
@@ -183,7 +184,13 @@ class Source:
                 self.config.import_.batch_lines, self.config.import_.batch_bytes
             )
             if batch.lines == 0:
-                if batch.end != self.reader.committed:
+                now = self.clock()
+                quiet_since = now - float(self.stats.get("last_success") or 0)
+                if report.batches == 0 and quiet_since >= QUIET_SUCCESS_SECONDS:
+                    # Caught up is a success too: a quiet site must not look stuck to
+                    # monitoring. Recorded at most once a minute to spare the disk.
+                    self._commit(batch.end, last_success=now)
+                elif batch.end != self.reader.committed:
                     self._commit(batch.end)
                 report.caught_up = True
                 if report.outcome == "idle":

@@ -29,7 +29,7 @@ import pytest
 from matomo_rt.commands import EXIT_CONFIG, EXIT_FAILURE, EXIT_NOPERM, EXIT_OK, run_import
 from matomo_rt.config import Config, ConfigError, load
 from matomo_rt.matomo import importer
-from matomo_rt.pipeline import PassReport, open_sources, state_paths
+from matomo_rt.pipeline import PassReport, Source, open_sources, state_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 DOUBLE = ROOT / "tests" / "doubles" / "import_logs.py"
@@ -677,3 +677,22 @@ def test_outcome_table_rows_each_name_existing_tests() -> None:
         assert refs, f"no test for: {cells[0]}"
         for module, name in refs:
             assert f"def {name}(" in files[module].read_text(), f"{module}::{name}"
+
+
+def test_a_quiet_log_still_reports_success_but_spares_the_disk(rig: Rig) -> None:
+    """Caught up counts as success (monitoring must not see a quiet site as stuck), but an idle
+    pass writes the state at most once a minute."""
+    config = rig.write_config()
+    now = [1_000_000.0]
+    source = Source(config, config.logs[0], TOKEN, clock=lambda: now[0])
+    with source:
+        assert source.run_pass().caught_up
+        assert rig.stats()["last_success"] == now[0]
+        written = rig.state_doc()["updated"]
+        now[0] += 30
+        source.run_pass()
+        assert rig.state_doc()["updated"] == written  # idle, within a minute: no write
+        now[0] += 31
+        source.run_pass()
+        assert rig.stats()["last_success"] == now[0]
+    assert not rig.starts()  # nothing was imported at any point
