@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -57,8 +59,12 @@ class Service:
         self.stopping = threading.Event()
         self.paused = threading.Event()
         self._active = 0
+        self._importing = 0  # of which import jobs (they use the sources reload replaces)
         self._active_cond = threading.Condition()
         self._reload_lock = threading.Lock()
+        # Signal numbers, from the handler to the thread that acts on them (see _on_signal).
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._main_done = threading.Event()
         self.scheduler = BlockingScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=len(config.logs) + 4)},
             job_defaults={"max_instances": 1, "coalesce": True},
@@ -69,10 +75,12 @@ class Service:
 
     def _job(self, name: str, func: Any, *args: Any) -> None:
         """Run a job body unless stopping/reloading; count it so stop and reload can wait."""
-        if self.stopping.is_set() or self.paused.is_set():
-            return
-        with self._active_cond:
+        importing = int(func == self._import_tick)
+        with self._active_cond:  # check and count at once: _wait_idle must see this job
+            if self.stopping.is_set() or self.paused.is_set():
+                return
             self._active += 1
+            self._importing += importing
         try:
             func(*args)
         except Exception:
@@ -80,13 +88,15 @@ class Service:
         finally:
             with self._active_cond:
                 self._active -= 1
+                self._importing -= importing
                 self._active_cond.notify_all()
             self._after_job()
 
     def _import_tick(self, source: Source) -> None:
         if time.time() < source.retry_at:
             return  # backing off after a failure
-        report = source.run_pass(should_stop=self.stopping.is_set)
+        # A reload, like a stop, waits for the running batch only, not the rest of a backlog.
+        report = source.run_pass(should_stop=lambda: self.stopping.is_set() or self.paused.is_set())
         if report.batches or report.error:
             log.info(
                 "%s: %d lines in %d batches, %d imported, %d quarantined%s",
@@ -195,9 +205,9 @@ class Service:
             for source in self.sources.values():
                 source.close()
             return 1
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
+        threading.Thread(target=self._signal_loop, name="signals", daemon=True).start()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         log.info(
             "running: %d logs every %gs%s",
             len(self.sources),
@@ -210,6 +220,7 @@ class Service:
         try:
             self.scheduler.start()
         finally:
+            self._main_done.set()
             self._drain()
             self._stop_metrics_server()
             for source in self.sources.values():
@@ -217,18 +228,41 @@ class Service:
         log.info("stopped")
         return 0
 
-    def _on_stop(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # The handler runs in the main thread between two bytecodes of whatever it was doing,
+        # which may hold a lock: APScheduler's main loop submitting a job holds
+        # ThreadPoolExecutor's _shutdown_lock (and starts threads in there), so calling
+        # scheduler.shutdown() here deadlocked the service on SIGTERM. SimpleQueue.put is
+        # reentrant (documented as safe in signal handlers); everything else happens in
+        # _signal_loop's thread.
+        self._signals.put(signum)
+
+    def _signal_loop(self) -> None:
+        while True:
+            signum = self._signals.get()
+            if signum == signal.SIGHUP:
+                if not self.stopping.is_set():
+                    threading.Thread(target=self.reload, name="reload", daemon=True).start()
+            else:
+                self._stop(signum)
+
+    def _stop(self, signum: int) -> None:
         if self.stopping.is_set():
             return
         log.info("%s: finishing the running batch, then stopping", signal.Signals(signum).name)
         self.stopping.set()
         sd_notify("STOPPING=1")
-        self.scheduler.shutdown(wait=False)
+        while not self._main_done.is_set():
+            try:
+                self.scheduler.shutdown(wait=False)
+                return
+            except SchedulerNotRunningError:
+                time.sleep(0.05)  # a signal right at start-up: the scheduler starts in a moment
 
-    def _wait_idle(self, timeout: float) -> bool:
+    def _wait_idle(self, timeout: float, imports_only: bool = False) -> bool:
         deadline = time.monotonic() + timeout
         with self._active_cond:
-            while self._active:
+            while self._importing if imports_only else self._active:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -248,9 +282,6 @@ class Service:
 
     # -- reload --------------------------------------------------------------------------
 
-    def _on_hup(self, signum: int, frame: Any) -> None:
-        threading.Thread(target=self.reload, name="reload", daemon=True).start()
-
     def reload(self) -> bool:
         """Re-read the config; an invalid one keeps the running config and says why."""
         with self._reload_lock:
@@ -268,7 +299,16 @@ class Service:
                 return False
             self.paused.set()
             try:
-                self._wait_idle(self.config.service.stop_timeout)
+                if not self._wait_idle(self.config.service.stop_timeout, imports_only=True):
+                    # Closing the sources under a running batch would lose its commit (the
+                    # batch is then sent twice) while its importer runs on without our lock.
+                    log.error(
+                        "reload: a batch still runs after service.stop_timeout (%gs); keeping"
+                        " the running configuration: send SIGHUP again once it is done",
+                        self.config.service.stop_timeout,
+                    )
+                    sd_notify("READY=1")
+                    return False
                 for job in self.scheduler.get_jobs():
                     job.remove()
                 for source in self.sources.values():

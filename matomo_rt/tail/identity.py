@@ -33,13 +33,37 @@ def compression_of(name: str) -> Optional[str]:
     return None
 
 
-def open_log(path: str, compression: Optional[str]) -> BinaryIO:
-    """Open a generation for reading its (decompressed) bytes."""
+class IdentityChanged(Exception):
+    """The name now belongs to another file than the one planned (a rotation in between)."""
+
+
+def open_log(
+    path: str, compression: Optional[str], expect: Optional[tuple[int, int]] = None
+) -> BinaryIO:
+    """Open a generation for reading its (decompressed) bytes.
+
+    With `expect` = (st_dev, st_ino), the opened file must be that file: identity is taken from
+    the open descriptor, so a rotation between a stat() and the open() cannot swap the file.
+    """
+    raw = open(path, "rb", buffering=0)
+    if expect is not None:
+        st = os.fstat(raw.fileno())
+        if (st.st_dev, st.st_ino) != expect:
+            raw.close()
+            raise IdentityChanged(path)
     if compression is None:
-        return open(path, "rb", buffering=0)
+        return raw
     import importlib
 
-    return importlib.import_module(_DECOMPRESSORS[compression]).open(path, "rb")
+    module = importlib.import_module(_DECOMPRESSORS[compression])
+    opener = {"gzip": "GzipFile", "bz2": "BZ2File", "lzma": "LZMAFile"}[module.__name__]
+    try:
+        if module.__name__ == "gzip":
+            return module.GzipFile(fileobj=raw, mode="rb")  # type: ignore[no-any-return]
+        return getattr(module, opener)(raw, "rb")  # type: ignore[no-any-return]
+    except BaseException:
+        raw.close()
+        raise
 
 
 class Fingerprint(namedtuple("Fingerprint", "length digest")):
@@ -74,21 +98,21 @@ class Fingerprint(namedtuple("Fingerprint", "length digest")):
         return cls(length, digest)
 
 
-def read_head(path: str, compression: Optional[str] = None) -> bytes:
+def read_head(
+    path: str, compression: Optional[str] = None, expect: Optional[tuple[int, int]] = None
+) -> bytes:
     """The first FINGERPRINT_BYTES of a file, decompressed when it is compressed.
 
     A truncated or corrupt compressed file yields what could be decompressed: a generation that
     logrotate is still writing must not stop the reader.
     """
+    fh = open_log(path, compression, expect)
     if compression is None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return os.pread(fd, FINGERPRINT_BYTES, 0)
-        finally:
-            os.close(fd)
+        with fh:
+            return os.pread(fh.fileno(), FINGERPRINT_BYTES, 0)
     out = b""
     try:
-        with open_log(path, compression) as fh:
+        with fh:
             while len(out) < FINGERPRINT_BYTES:
                 piece = fh.read(FINGERPRINT_BYTES - len(out))
                 if not piece:

@@ -18,7 +18,13 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
-from matomo_rt.tail.identity import Fingerprint, compression_of, open_log, read_head
+from matomo_rt.tail.identity import (
+    Fingerprint,
+    IdentityChanged,
+    compression_of,
+    open_log,
+    read_head,
+)
 from matomo_rt.tail.position import Generation, Position
 from matomo_rt.tail.store import StateError, load_state, save_state
 
@@ -35,6 +41,8 @@ _NOT_GENERATIONS = (".offset", ".lock", ".tmp", ".state", ".swp", "~")
 #: A compressed generation that still fails to decompress after this long is broken, not
 #: still being written by logrotate.
 COMPRESS_GRACE_SECONDS = 60.0
+#: How often a pass re-plans when files move under it before leaving it to the next pass.
+PLAN_ATTEMPTS = 5
 
 
 class ReaderError(Exception):
@@ -70,9 +78,12 @@ class _Candidate:
         self._head: Optional[bytes] = None
 
     def head(self) -> bytes:
+        """The file's first bytes, read from the very file that was stat()ed."""
         if self._head is None:
             try:
-                self._head = read_head(self.path, self.compression)
+                self._head = read_head(self.path, self.compression, (self.dev, self.ino))
+            except (IdentityChanged, FileNotFoundError):
+                raise _Replan from None  # renamed since the directory was listed
             except OSError:
                 self._head = b""
         return self._head
@@ -288,8 +299,21 @@ class LogReader:
         return found
 
     def plan(self, position: Optional[Position] = None) -> tuple[list[_Step], Position]:
-        """The files to read, oldest first, and the position once planning is recorded."""
+        """The files to read, oldest first, and the position once planning is recorded.
+
+        A rotation while planning (a name that now points at another file) starts the plan
+        again; if files keep moving, this pass reads nothing and the next one tries again.
+        """
         pos = self.committed if position is None else position
+        for _ in range(PLAN_ATTEMPTS):
+            try:
+                return self._plan_once(pos)
+            except _Replan:
+                continue
+        log.debug("%s: files kept moving while planning; next pass", self.log_path)
+        return [], pos
+
+    def _plan_once(self, pos: Position) -> tuple[list[_Step], Position]:
         live = self._stat_live()
         cands = self._siblings()
         if not pos.initialized:
@@ -440,8 +464,13 @@ class LogReader:
                 raise ValueError(f"{start} is outside the file (0..{live.size} bytes)")
             if start and not _resume_ok(live, start):
                 raise ValueError(f"byte {start} is not the start of a line")
-        _, pos = self._plan_first_run(live, self._siblings(), start)
-        return pos
+        for _ in range(PLAN_ATTEMPTS):
+            try:
+                _, pos = self._plan_first_run(live, self._siblings(), start)
+                return pos
+            except _Replan:
+                live = self._stat_live() or live
+        raise ReaderError(f"{self.log_path}: files kept moving (a rotation?); try again")
 
     def _plan_first_run(
         self, live: Optional[_Candidate], cands: list[_Candidate], start_at: Optional[int] = -1
@@ -464,7 +493,7 @@ class LogReader:
             return [], pos
         if start_at == -1:  # first run: as configured
             start_at = 0 if self.start_at == "beginning" else None
-        start = _last_line_end(live.path, live.size) if start_at is None else start_at
+        start = _last_line_end(live) if start_at is None else start_at
         gen = Generation(live.dev, live.ino, Fingerprint.of(live.head()), start, live.name)
         pos = pos.with_current(gen)
         return [_Step("live", gen, live.path, limit=live.size)], pos
@@ -497,10 +526,10 @@ class LogReader:
         gen = step.gen
         offset = gen.offset or 0
         try:
-            fh = open_log(step.path, gen.compression)
-        except FileNotFoundError:
+            fh = open_log(step.path, gen.compression, (gen.dev, gen.ino))
+        except (FileNotFoundError, IdentityChanged):
             if step.role == "live":
-                return
+                return  # rotated since planning: the next pass follows it
             raise _NotReady from None
         except PermissionError:
             raise ReaderError(f"{step.path}: permission denied") from None
@@ -618,6 +647,10 @@ class LogReader:
         return batch
 
 
+class _Replan(Exception):
+    """A file changed identity while planning; plan again."""
+
+
 class _NotReady(Exception):
     """A generation cannot be read to its end yet; stop this pass before it."""
 
@@ -662,13 +695,25 @@ def _resume_ok(cand: _Candidate, offset: int) -> bool:
     if cand.size < offset:
         return False
     try:
-        fd = os.open(cand.path, os.O_RDONLY)
+        fd = _open_same(cand)
+    except FileNotFoundError:
+        raise _Replan from None
     except OSError:
         return False
     try:
         return os.pread(fd, 1, offset - 1) == b"\n"
     finally:
         os.close(fd)
+
+
+def _open_same(cand: _Candidate) -> int:
+    """A descriptor of the very file `cand` describes; _Replan if its name moved on."""
+    fd = os.open(cand.path, os.O_RDONLY)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (cand.dev, cand.ino):
+        os.close(fd)
+        raise _Replan
+    return fd
 
 
 def _extend(gen: Generation, head: bytes) -> Generation:
@@ -686,9 +731,13 @@ def _any_match(fps: list[Fingerprint], head: bytes) -> bool:
     return any(fp.matches(head) for fp in fps)
 
 
-def _last_line_end(path: str, size: int) -> int:
-    """Offset just after the last newline before `size` (0 if none): where "end" starts."""
-    fd = os.open(path, os.O_RDONLY)
+def _last_line_end(cand: _Candidate) -> int:
+    """Offset just after the last newline in the file (0 if none): where "end" starts."""
+    size = cand.size
+    try:
+        fd = _open_same(cand)
+    except FileNotFoundError:
+        raise _Replan from None
     try:
         pos = size
         while pos > 0:

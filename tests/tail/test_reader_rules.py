@@ -807,3 +807,45 @@ def test_lock_is_per_source(tmp_path: Path) -> None:
         other.release()
     with SourceLock(tmp_path / "a.lock"):  # released: free again
         pass
+
+
+@pytest.mark.parametrize("moment", ["while planning", "between planning and reading"])
+def test_a_rotation_mid_pass_is_not_mistaken_for_a_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """Rule 1 with a race: nginx's log is rotated after the reader stat()ed it. The file read
+    must be the file stat()ed (identity from the open descriptor), or the old generation would be
+    taken for a new one and imported again from byte 0."""
+    import matomo_rt.tail.reader as reader_module
+
+    log = tmp_path / "access.log"
+    state = tmp_path / "state.json"
+    log.write_bytes(lines(1, 4))
+    first = LogReader(log, state, start_at="beginning")
+    first.commit(first.read_batch(100, 1 << 20).end)
+    with log.open("ab") as fh:
+        fh.write(lines(5, 4))
+
+    def rotate() -> None:
+        log.rename(tmp_path / "access.log.1")
+        log.write_bytes(lines(9, 12))  # longer than the old offset
+
+    target = "read_head" if moment == "while planning" else "open_log"
+    real = getattr(reader_module, target)
+    done: list[bool] = []
+
+    def racing(path: str, *args: object) -> object:
+        if not done and path == str(log):
+            done.append(True)
+            rotate()
+        return real(path, *args)
+
+    monkeypatch.setattr(reader_module, target, racing)
+    got: list[bytes] = []
+    for _ in range(5):
+        reader = LogReader(log, state, start_at="beginning")
+        batch = reader.read_batch(100, 1 << 20)
+        got.extend(batch.iter_lines())
+        reader.commit(batch.end)
+    assert done, "the race was not staged"
+    assert b"".join(got) == lines(5, 4) + lines(9, 12)
