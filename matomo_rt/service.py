@@ -66,7 +66,12 @@ class Service:
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._main_done = threading.Event()
         self.scheduler = BlockingScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=len(config.logs) + 4)},
+            executors={
+                # Generous: a reload may add logs, and every log's job may be busy at once.
+                "default": ThreadPoolExecutor(max_workers=max(len(config.logs) + 4, 32)),
+                # Its own thread: busy imports must never delay the systemd watchdog ping.
+                "watchdog": ThreadPoolExecutor(max_workers=1),
+            },
             job_defaults={"max_instances": 1, "coalesce": True},
         )
         self.metrics_server: Any = None
@@ -97,16 +102,17 @@ class Service:
             return  # backing off after a failure
         # A reload, like a stop, waits for the running batch only, not the rest of a backlog.
         report = source.run_pass(should_stop=lambda: self.stopping.is_set() or self.paused.is_set())
-        if report.batches or report.error:
+        if report.batches:  # failures were logged, once, where they happened
             log.info(
-                "%s: %d lines in %d batches, %d imported, %d quarantined%s",
+                "%s: %d lines in %d batches, %d imported, %d quarantined",
                 source.name,
                 report.lines_read,
                 report.batches,
                 report.imported,
                 report.quarantined,
-                f"; error: {report.error}" if report.error else "",
             )
+        elif report.error:
+            log.debug("%s: %s", source.name, report.error)
 
     def _archive_tick(self) -> None:
         run_archive(self.config)
@@ -175,6 +181,7 @@ class Service:
                 self._watchdog,
                 IntervalTrigger(seconds=max(int(watchdog_usec) / 2e6, 0.5)),
                 id="watchdog",
+                executor="watchdog",
                 replace_existing=True,
                 misfire_grace_time=60,
             )
@@ -319,9 +326,20 @@ class Service:
                     self.config = new
                 except Exception as exc:
                     log.error("reload: %s; keeping the running configuration", exc)
-                    self.sources = self._open(self.config)
+                    try:
+                        self.sources = self._open(self.config)
+                    except Exception as again:
+                        # Neither config can take its logs (a lock taken meanwhile?): a
+                        # service that imports nothing must not look alive. Stop; systemd's
+                        # Restart= brings it back.
+                        log.critical("reload: cannot reopen the logs either (%s); stopping", again)
+                        self._signals.put(signal.SIGTERM)
+                        return False
                 self._stop_metrics_server()
-                self._start_metrics_server()
+                try:
+                    self._start_metrics_server()
+                except Exception as exc:
+                    log.error("reload: %s; metrics endpoint off until the next reload", exc)
                 self._schedule()
             finally:
                 self.paused.clear()
