@@ -56,6 +56,7 @@ class Traffic:
     def __init__(self, port: int) -> None:
         self.port = port
         self.sent: list[dict[str, str]] = []
+        self.since_rotation = 0
 
     def send(self, count: int) -> None:
         for _ in range(count):
@@ -89,6 +90,28 @@ class Traffic:
                 "host": host.decode().lower(),
             }
         )
+
+    def until_all_logged(self, path: Path, deadline: float = 10.0) -> None:
+        """Until nginx has written the line of every request sent so far to `path`.
+
+        nginx logs a request after sending its response. With `compress` (no delaycompress)
+        or `copytruncate`, a line written after logrotate copied the file is lost by logrotate
+        itself, whatever reads the log; tests of those modes rotate only once it is written.
+        """
+        wanted = {request["path"] for request in self.sent[self.since_rotation :]}
+
+        def written() -> bool:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return False
+            return wanted <= {line["path"] for line in parse(data.splitlines())}
+
+        wait_for(written, deadline, f"every request written to {path.name}")
+
+    def rotated(self) -> None:
+        """Requests sent from now on go to the new file."""
+        self.since_rotation = len(self.sent)
 
     def until_logged_in(self, path: Path, deadline: float = 10.0) -> None:
         """Send until a line lands in `path` (after a rotation: nginx has reopened)."""
@@ -170,7 +193,9 @@ def rotation_rounds(
         if during:
             rotate_while_serving(rotator, traffic, 4)
         else:
+            traffic.until_all_logged(ngx.access_log)
             rotator.rotate()
+        traffic.rotated()
         traffic.until_logged_in(ngx.access_log)
         traffic.send(2)
 
@@ -248,7 +273,9 @@ def test_compress_at_once_also_while_matomo_rt_is_down(rig, tmp_path):
         wait_all_recorded(rig, traffic, service)
         stop_service(service)
         traffic.send(6)
+        traffic.until_all_logged(ngx.access_log)
         rotator.rotate()
+        traffic.rotated()
         traffic.until_logged_in(ngx.access_log)
         traffic.send(2)
         assert (ngx.log_dir / "access.log.1.gz").exists()
@@ -272,7 +299,9 @@ def test_copytruncate_also_while_matomo_rt_is_down(rig, tmp_path):
         stop_service(service)
         size_at_stop = ngx.access_log.stat().st_size
         traffic.send(3)  # unread, copied away
+        traffic.until_all_logged(ngx.access_log)
         rotator.rotate()
+        traffic.rotated()
         while ngx.access_log.stat().st_size <= size_at_stop:
             traffic.one()
         assert ngx.access_log.stat().st_ino == inode
