@@ -376,11 +376,15 @@ stop_timeout = {q(stop_timeout)}
     # -- observations -----------------------------------------------------------------
 
     def recorded(self) -> list[bytes]:
-        """Every line the import double recorded (Matomo holds), in order."""
+        """Every line the import double recorded (Matomo holds), in order.
+
+        Complete lines only: the double may be appending a batch while we read.
+        """
         try:
-            return self.record.read_bytes().splitlines(keepends=True)
+            data = self.record.read_bytes()
         except FileNotFoundError:
             return []
+        return data[: data.rfind(b"\n") + 1].splitlines(keepends=True)
 
     def wait_recorded(self, count: int, timeout: float = 15.0) -> list[bytes]:
         wait_for(
