@@ -80,6 +80,8 @@ def check_line(line: bytes) -> tuple[Optional[bytes], str]:
         obj = _parse(text)
     except ValueError:
         return None, "not valid JSON" if text.strip() else "empty line"
+    except RecursionError:
+        return None, "JSON nested too deeply"
     if type(obj) is not dict:
         return None, f"a JSON {type(obj).__name__}, not an object"
     if "\\" in text and _SURROGATE_ESCAPE.search(text) and not _encodable(obj):
@@ -281,13 +283,22 @@ class Quarantine:
             out.append(json.dumps(record, ensure_ascii=True) + "\n")
         if not out:
             return 0
+        try:
+            self._append("".join(out).encode())
+        except OSError as exc:
+            from matomo_rt.tail.store import StateError
+
+            raise StateError(
+                f"{self.path}: cannot write the quarantine file: {exc.strerror}"
+            ) from None
+        return len(out)
+
+    def _append(self, data: bytes) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            data = "".join(out).encode()
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
-        return len(out)

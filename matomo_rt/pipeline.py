@@ -22,7 +22,7 @@ from matomo_rt import execute
 from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.guard import GuardResult, Quarantine, guarded_chunks
 from matomo_rt.matomo import importer
-from matomo_rt.tail import Batch, LogReader, SourceLock
+from matomo_rt.tail import Batch, LogReader, SourceLock, StateError
 from matomo_rt.tail.position import Position
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ class PassReport:
     error: Optional[str] = None
     caught_up: bool = False
     unmatched_hosts: set[str] = field(default_factory=set)
+
+
+def _count(value: Any) -> int:
+    """A counter from the state file; a hand-damaged one restarts at 0 rather than crash."""
+    return value if type(value) is int and value >= 0 else 0
 
 
 def state_paths(config: Config, log_config: LogConfig) -> tuple[Path, Path, Path]:
@@ -92,6 +97,7 @@ class Source:
         self.reader: Optional[LogReader] = None
         self.consecutive_failures = 0
         self.retry_at = 0.0
+        self.unsaved = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -102,6 +108,11 @@ class Source:
                 self.log_config.path,
                 self.state_path,
                 start_at=self.config.start_at(self.log_config),
+                other_logs=tuple(
+                    other.path.name
+                    for other in self.config.logs
+                    if other.path.parent == self.log_config.path.parent
+                ),
             )
         except BaseException:
             self.lock.release()
@@ -132,13 +143,36 @@ class Source:
         for key, value in updates.items():
             if key.startswith("add_"):
                 name = key[4:]
-                stats[name] = int(stats.get(name, 0)) + int(value)
+                stats[name] = _count(stats.get(name)) + int(value)
             else:
                 stats[key] = value
         if self.dry_run:
             self.reader.committed = position
             return
-        self.reader.commit(position, {"stats": stats})
+        try:
+            self.reader.commit(position, {"stats": stats})
+        except StateError:
+            # Matomo may hold lines the disk does not know about: never offer them again from
+            # this process. Keep the position in memory; the next pass writes it before it
+            # imports anything.
+            self.reader.committed = position
+            self.reader.document = {**self.reader.document, "stats": stats}
+            self.unsaved = True
+            raise
+        self.unsaved = False
+
+    def _save_unsaved(self) -> Optional[str]:
+        """Retry writing a position the disk refused; the reason while it still fails."""
+        assert self.reader is not None
+        if not self.unsaved:
+            return None
+        try:
+            self.reader.commit(self.reader.committed, {"stats": self.stats})
+        except StateError as exc:
+            return f"{exc}; no import until the position can be saved"
+        self.unsaved = False
+        log.info("%s: the position is saved again", self.name)
+        return None
 
     def _record_error(self, outcome: str, reason: str, **extra: Any) -> None:
         """Keep the offset, remember the error for `status`."""
@@ -174,6 +208,11 @@ class Source:
         """Import batches until caught up, stopped, a failure, or `max_batches`."""
         assert self.reader is not None, "open() the source first"
         report = PassReport(self.name)
+        unsaved = self._save_unsaved()
+        if unsaved:
+            report.outcome, report.error = importer.FAILED, unsaved
+            self.back_off()
+            return report
         paused = self.auth_paused()
         if paused:
             report.outcome, report.error = importer.AUTH, paused
@@ -206,13 +245,17 @@ class Source:
             self.consecutive_failures = 0
             self.retry_at = 0.0
         else:
-            self.consecutive_failures += 1
-            delay = min(
-                self.config.import_.interval * 2 ** (self.consecutive_failures - 1),
-                MAX_BACKOFF_SECONDS,
-            )
-            self.retry_at = self.clock() + delay
+            self.back_off()
         return report
+
+    def back_off(self) -> None:
+        """Wait longer after each failure in a row (the service's ticks honour retry_at)."""
+        self.consecutive_failures += 1
+        delay = min(
+            self.config.import_.interval * 2 ** (self.consecutive_failures - 1),
+            MAX_BACKOFF_SECONDS,
+        )
+        self.retry_at = self.clock() + delay
 
     def _import_batch(self, batch: Batch, report: PassReport) -> bool:
         """Hand one batch to the importer and commit what its outcome allows."""
@@ -323,6 +366,9 @@ class Source:
             )
         except execute.ExecError as exc:
             return importer.ImportResult(importer.FAILED, None, reason=str(exc))
+        except Exception as exc:  # feeding stdin failed: the child was stopped mid-batch
+            reason = f"feeding import_logs.py failed ({exc.__class__.__name__})"
+            return importer.ImportResult(importer.UNCERTAIN, None, reason=reason)
         log.debug("%s: %s", self.name, done.describe(secrets))
         return importer.classify(
             done.returncode,

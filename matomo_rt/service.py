@@ -30,6 +30,7 @@ from matomo_rt.archiver import run_archive
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.config import load as load_config
 from matomo_rt.pipeline import Source, open_sources
+from matomo_rt.tail import ReaderError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,16 @@ class Service:
         if time.time() < source.retry_at:
             return  # backing off after a failure
         # A reload, like a stop, waits for the running batch only, not the rest of a backlog.
-        report = source.run_pass(should_stop=lambda: self.stopping.is_set() or self.paused.is_set())
+        try:
+            report = source.run_pass(
+                should_stop=lambda: self.stopping.is_set() or self.paused.is_set()
+            )
+        except (StateError, ReaderError) as exc:
+            # A user-fixable problem (permissions, disk full, a damaged state file): one line,
+            # and back off instead of a traceback every interval.
+            log.error("%s: %s", source.name, exc)
+            source.back_off()
+            return
         if report.batches:  # failures were logged, once, where they happened
             log.info(
                 "%s: %d lines in %d batches, %d imported, %d quarantined",

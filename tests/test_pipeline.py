@@ -696,3 +696,45 @@ def test_a_quiet_log_still_reports_success_but_spares_the_disk(rig: Rig) -> None
         source.run_pass()
         assert rig.stats()["last_success"] == now[0]
     assert not rig.starts()  # nothing was imported at any point
+
+
+def test_a_position_the_disk_refused_is_never_imported_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Matomo took the batch, then the state write failed (disk full): the process keeps the
+    position, imports nothing more until it is saved, and never sends that batch again."""
+    from matomo_rt.tail import LogReader, StateError
+
+    config = rig.write_config(batch_lines=100)
+    rig.append(lines_of(0, 5))
+    real_commit = LogReader.commit
+    failing = [True]
+
+    def commit(self: LogReader, *args: Any, **kwargs: Any) -> None:
+        if failing[0]:
+            raise StateError("state.json: cannot write state: No space left on device")
+        real_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogReader, "commit", commit)
+    (source,) = open_sources(config)
+    with source:
+        with pytest.raises(StateError):
+            source.run_pass()
+        assert rig.recorded() == lines_of(0, 5)
+        rig.append(lines_of(5, 8))
+        report = source.run_pass()  # still failing: no import at all
+        assert report.error and "no import until" in report.error and len(rig.starts()) == 1
+        failing[0] = False
+        source.retry_at = 0.0
+        assert source.run_pass().caught_up
+    assert rig.recorded() == lines_of(0, 8)  # each line once
+    assert rig.offset() == rig.log.stat().st_size
+
+
+def test_json_nested_too_deeply_is_quarantined_not_a_crash(rig: Rig) -> None:
+    config = rig.write_config(batch_lines=100)
+    rig.append([*lines_of(0, 3), b"[" * 100_000 + b"\n", *lines_of(3, 6)])
+    report = one_pass(config)
+    assert report.error is None and report.caught_up
+    assert rig.recorded() == lines_of(0, 6)
+    assert [q["reason"] for q in rig.quarantined()] == ["JSON nested too deeply"]

@@ -52,11 +52,26 @@ def from_logtail_offset(log: Path, offset_file: Path) -> Optional[Position]:
         except OSError:
             continue
         if st.st_ino == ino and path.suffix not in (".gz", ".bz2", ".xz"):
+            offset = _line_start_at_or_after(path, offset)
             gen = Generation(
                 st.st_dev, ino, Fingerprint.of(read_head(str(path))), offset, path.name
             )
             return Position(initialized=True, current=gen)
     return None
+
+
+def _line_start_at_or_after(path: Path, offset: int) -> int:
+    """logtail prints a partial last line and saves the offset inside it: the rest of that line
+    would come out as a fragment. Skip to the next line start (if it is there yet)."""
+    if offset <= 0:
+        return offset
+    with path.open("rb") as fh:
+        fh.seek(offset - 1)
+        if fh.read(1) == b"\n":
+            return offset
+        rest = fh.read(1 << 20)
+    newline = rest.find(b"\n")
+    return offset if newline < 0 else offset + newline + 1
 
 
 def run_tail(

@@ -19,6 +19,7 @@ from collections import namedtuple
 from pathlib import Path
 
 from matomo_rt.tail.identity import (
+    FINGERPRINT_BYTES,
     Fingerprint,
     IdentityChanged,
     compression_of,
@@ -192,6 +193,7 @@ class LogReader:
         chunk_bytes: int = CHUNK_BYTES,
         on_warning: Optional[Callable[[Warning_], None]] = None,
         position: Optional[Position] = None,
+        other_logs: tuple[str, ...] = (),
     ) -> None:
         """`position`, when given, replaces the stored one (taking over another tool's offset:
         the state file is then not read, only replaced by the first commit)."""
@@ -199,6 +201,11 @@ class LogReader:
         self.state_path = Path(state_path)
         self.start_at = start_at
         self.chunk_bytes = chunk_bytes
+        # Names of other logs in this directory that start with this log's name
+        # (access.log.json beside access.log): they and their rotations are not ours.
+        self.other_logs = tuple(
+            n for n in other_logs if n != self.log_path.name and n.startswith(self.log_path.name)
+        )
         self.warnings: list[Warning_] = []
         self._on_warning = on_warning
         self.document: dict[str, Any] = {}
@@ -214,7 +221,7 @@ class LogReader:
         self.document = {k: v for k, v in data.items() if k != "format"}
         try:
             return Position.from_json(data["position"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(
                 f"{self.state_path}: state file is damaged ({exc}); move it aside and set the "
                 "position with `matomo-rt seek`"
@@ -275,6 +282,8 @@ class LogReader:
         state_name = self.state_path.name
         for name in names:
             if name == base or not name.startswith(base) or name.startswith(state_name):
+                continue
+            if name.startswith(self.other_logs):
                 continue
             if name.endswith(_NOT_GENERATIONS) or name.startswith("."):
                 continue
@@ -421,6 +430,24 @@ class LogReader:
                         offset = c.size
                     gen = _extend(_moved(current, c), c.head())._replace(offset=offset)
                     steps.append(_Step("rotated", gen, c.path))
+                elif (
+                    live is not None
+                    and current.fp.length >= min(FINGERPRINT_BYTES, offset, live.size)
+                    and current.fp.length
+                    and current.fp.matches(live.head())
+                    and _resume_ok(live, offset)
+                ):
+                    # Same content under a new identity: a remount (st_dev), a restore, an
+                    # edit that rewrote the file. Resuming is right; re-reading would duplicate.
+                    self._warn(
+                        "identity",
+                        f"file identity changed but its content matches; resuming at byte {offset}",
+                    )
+                    live_is_current = True
+                    gen = _extend(_moved(current, live), live.head())
+                    known_fps.append(gen.fp)
+                    live_step = _Step("live", gen, live.path, limit=live.size)
+                    pos = pos.with_current(gen)
                 else:
                     self._warn(
                         "lost",

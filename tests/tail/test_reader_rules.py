@@ -849,3 +849,47 @@ def test_a_rotation_mid_pass_is_not_mistaken_for_a_new_file(
         reader.commit(batch.end)
     assert done, "the race was not staged"
     assert b"".join(got) == lines(5, 4) + lines(9, 12)
+
+
+def test_same_content_under_a_new_identity_resumes(tmp_path: Path) -> None:
+    """A remount changes st_dev, a restore or `sed -i` the inode; the content is the same, so
+    the reader resumes instead of reading the whole file again."""
+    log = tmp_path / "access.log"
+    state = tmp_path / "state.json"
+    log.write_bytes(lines(1, 5))
+    first = LogReader(log, state, start_at="beginning")
+    first.commit(first.read_batch(100, 1 << 20).end)
+    document = json.loads(state.read_text())
+    document["position"]["current"]["dev"] += 1  # as after a remount
+    state.write_text(json.dumps(document))
+    with log.open("ab") as fh:
+        fh.write(lines(6, 1))
+    reader = LogReader(log, state, start_at="beginning")
+    batch = reader.read_batch(100, 1 << 20)
+    assert b"".join(batch.iter_lines()) == lines(6, 1)
+    assert [w.kind for w in reader.warnings] == ["identity"]
+
+
+def test_another_log_whose_name_starts_with_ours_is_not_a_generation(tmp_path: Path) -> None:
+    """access.log.json beside access.log is its own log, not a rotation of access.log."""
+    log = tmp_path / "a.log"
+    other = tmp_path / "a.log.json"
+    state = tmp_path / "state.json"
+    log.write_bytes(lines(1, 1))
+    other.write_bytes(b"OTHER1\n")
+    names = ("a.log", "a.log.json")
+    first = LogReader(log, state, start_at="beginning", other_logs=names)
+    first.commit(first.read_batch(100, 1 << 20).end)
+    with other.open("ab") as fh:
+        fh.write(b"OTHER2\n")
+    with log.open("ab") as fh:
+        fh.write(lines(2, 1))
+    batch = LogReader(log, state, start_at="beginning", other_logs=names).read_batch(100, 1 << 20)
+    assert b"".join(batch.iter_lines()) == lines(2, 1)
+
+
+def test_a_position_of_the_wrong_shape_is_a_loud_error(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    save_state(state, {"log": "x", "position": []})
+    with pytest.raises(StateError, match="matomo-rt seek"):
+        LogReader(tmp_path / "access.log", state)

@@ -392,3 +392,15 @@ def test_multi_member_gzip_generation_is_read(sim: LogSim, offset: Path) -> None
     clock.touch(sim.live)
     got += out(sim.live, offset)
     assert got == written(sim)
+
+
+def test_logtail_offset_inside_a_line_skips_the_fragment(tmp_path: Path) -> None:
+    """logtail printed a partial last line and saved its offset inside it: the rest of that
+    line is a fragment, not a line; matomo-rt goes on from the next line, not from byte 0."""
+    log = tmp_path / "access.log"
+    offset = tmp_path / "access.log.offset"
+    log.write_bytes(b"a1\na2\na3\npart")
+    offset.write_text(f"{log.stat().st_ino}\n13\n")
+    with log.open("ab") as fh:
+        fh.write(b"ial\nb1\n")
+    assert tail(log, offset).stdout == b"b1\n"
