@@ -14,10 +14,7 @@ import os
 import pwd
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +22,17 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+
+from tests.e2e import nginx as e2e_nginx
+from tests.e2e.nginx import (
+    LOGROTATE,
+    NGINX,
+    START_DEADLINE,
+    Nginx,
+    _user_and_group_exist,
+    raw_get,
+    traversable_dir,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRIB = ROOT / "contrib"
@@ -34,8 +42,6 @@ SYSTEMD_DIR = CONTRIB / "systemd"
 CRON_FILE = CONTRIB / "cron" / "matomo-rt"
 
 _SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-NGINX = shutil.which("nginx", path=_SBIN_PATH)
-LOGROTATE = shutil.which("logrotate", path=_SBIN_PATH)
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze", path=_SBIN_PATH)
 
 # The keys import_logs.py's nginx_json format reads (plus "method", read with
@@ -53,180 +59,34 @@ EXPECTED_KEYS = {
     "method",
 }
 
-START_DEADLINE = 10.0
-STOP_DEADLINE = 10.0
 
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 
 
 # --------------------------------------------------------------------------------------------
-# A real nginx on a loopback port, configured with the contrib log_format.
+# A real nginx on a loopback port, configured with the contrib log_format (tests/e2e/nginx.py).
 # --------------------------------------------------------------------------------------------
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _contrib_access_log_line(path: Path) -> str:
-    """The (commented-out) access_log line of the contrib file, pointed at `path`."""
-    text = LOG_FORMAT_FILE.read_text(encoding="utf-8")
-    m = re.search(r"^#\s*(access_log\s+)(\S+)(\s+matomo_json;)\s*$", text, re.MULTILINE)
-    assert m, "contrib log_format file lacks the `access_log ... matomo_json;` example line"
-    assert m.group(2) == "/var/log/nginx/access.log"
-    return f"{m.group(1)}{path}{m.group(3)}"
-
-
-class Nginx:
-    def __init__(self, base: Path, log_dir: Path):
-        self.base = base
-        self.log_dir = log_dir
-        self.access_log = log_dir / "access.log"
-        self.default_escape_log = base / "default-escape.log"
-        self.pid_file = base / "nginx.pid"
-        self.error_log = base / "error.log"
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-
-    def _write_conf(self) -> Path:
-        temp = self.base / "temp"
-        conf = f"""
-daemon off;
-master_process on;
-worker_processes 1;
-pid {self.pid_file};
-error_log {self.error_log} info;
-events {{ worker_connections 64; }}
-http {{
-    client_body_temp_path {temp}/client_body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-
-    include {LOG_FORMAT_FILE};
-    {_contrib_access_log_line(self.access_log)}
-
-    # Test only: nginx's default escaping, to show what escape=json avoids.
-    log_format default_escape '{{"path":"$request_uri","user_agent":"$http_user_agent"}}';
-    access_log {self.default_escape_log} default_escape;
-
-    server {{
-        listen 127.0.0.1:{self.port};
-        server_name test.example;
-        location / {{ return 200 "ok\\n"; }}
-        location /missing {{ return 404; }}
-    }}
-}}
+#: Test only: nginx's default escaping beside the contrib format, to show what escape=json avoids.
+DEFAULT_ESCAPE_HTTP = """
+    log_format default_escape '{"path":"$request_uri","user_agent":"$http_user_agent"}';
+    access_log {path} default_escape;
 """
-        path = self.base / "nginx.conf"
-        path.write_text(conf, encoding="utf-8")
-        return path
-
-    def start(self) -> None:
-        (self.base / "temp").mkdir(exist_ok=True)
-        self.log_dir.mkdir(exist_ok=True)
-        for _attempt in range(3):
-            self.port = _free_port()
-            conf = self._write_conf()
-            self.proc = subprocess.Popen(
-                [NGINX, "-p", str(self.base), "-c", str(conf), "-e", str(self.error_log)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            if self._wait_ready():
-                return
-            _, err = self.proc.communicate(timeout=STOP_DEADLINE)
-            self.proc = None
-            errors = err.decode(errors="replace") + self._error_log_text()
-            if "Address already in use" not in errors:
-                pytest.fail(f"nginx did not start:\n{errors}")
-        pytest.fail("nginx could not bind a free loopback port in 3 attempts")
-
-    def _wait_ready(self) -> bool:
-        assert self.proc is not None
-        deadline = time.monotonic() + START_DEADLINE
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return True
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        pytest.fail(f"nginx not listening after {START_DEADLINE}s:\n{self._error_log_text()}")
-
-    def _error_log_text(self) -> str:
-        try:
-            return self.error_log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        """Graceful stop (SIGQUIT): workers finish and write their log lines, then exit."""
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT)
-            try:
-                proc.wait(timeout=STOP_DEADLINE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                pytest.fail("nginx did not stop on SIGQUIT within the deadline")
-        if proc.stderr is not None:
-            proc.stderr.close()
-
-    def master_pid(self) -> int:
-        # With `daemon off` the process we started is the master. (The pid file may not be
-        # written yet when the port already accepts connections.)
-        assert self.proc is not None
-        return self.proc.pid
 
 
 @pytest.fixture
 def nginx_base():
-    """A directory nginx's workers can traverse: started as root, they run as `nobody`, and on
-    a log reopen (USR1) they open the log files themselves. pytest's tmp_path is 0700 root."""
-    base = Path(tempfile.mkdtemp(prefix="matomo-rt-nginx-"))
-    try:
-        base.chmod(0o711)
+    """A directory nginx's workers can traverse (they run as `nobody` and reopen logs)."""
+    with traversable_dir() as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def running_nginx(base: Path):
-    ngx = Nginx(base, base / "logs")
-    ngx.start()
-    try:
+    http = DEFAULT_ESCAPE_HTTP.replace("{path}", str(base / "default-escape.log"))
+    with e2e_nginx.running_nginx(base, http) as ngx:
+        ngx.default_escape_log = base / "default-escape.log"
         yield ngx
-    finally:
-        ngx.stop()
-
-
-def raw_get(port: int, target: bytes, headers: dict[bytes, bytes]) -> int:
-    """Send a request with exactly these bytes (urllib refuses non-ASCII request targets)."""
-    head = b"GET " + target + b" HTTP/1.1\r\n"
-    for name, value in headers.items():
-        head += name + b": " + value + b"\r\n"
-    head += b"Connection: close\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(head)
-        chunks = []
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    status_line = b"".join(chunks).split(b"\r\n", 1)[0]
-    return int(status_line.split()[1])
 
 
 def urllib_get(port: int, target: str, headers: dict[str, str | bytes]) -> int:
@@ -403,15 +263,6 @@ def test_default_escaping_would_garble_utf8_but_escape_json_does_not(nginx_base)
 # --------------------------------------------------------------------------------------------
 # logrotate: the contrib config, pointed at the test nginx, rotating for real.
 # --------------------------------------------------------------------------------------------
-
-
-def _user_and_group_exist(user: str, group: str) -> bool:
-    try:
-        pwd.getpwnam(user)
-        grp.getgrnam(group)
-    except KeyError:
-        return False
-    return True
 
 
 def _logrotate_copy(ngx: Nginx, dest: Path) -> Path:
