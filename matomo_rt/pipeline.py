@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 AUTH_PAUSE_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 900.0
 QUIET_SUCCESS_SECONDS = 60.0
+#: Longer lines are quarantined (their first 64 KiB) without being held in memory. nginx's
+#: longest line (8 KiB request line, referrer and user agent, JSON-escaped) is far below.
+MAX_LINE_BYTES = 1 << 20
 STDIN_CHUNK = 1 << 20
 
 
@@ -113,11 +116,23 @@ class Source:
                     for other in self.config.logs
                     if other.path.parent == self.log_config.path.parent
                 ),
+                max_line_bytes=MAX_LINE_BYTES,
+                on_oversized=self._quarantine_oversized,
             )
         except BaseException:
             self.lock.release()
             raise
         return self
+
+    def _quarantine_oversized(self, head: bytes, length: int) -> None:
+        """A line no web server writes (megabytes long): its head to the quarantine file."""
+        if self.dry_run:
+            return
+        self.quarantine.add([(f"line of {length} bytes, longer than {MAX_LINE_BYTES}", head)])
+        assert self.reader is not None
+        stats = self.stats
+        stats["quarantined"] = _count(stats.get("quarantined")) + 1
+        self.reader.document = {**self.reader.document, "stats": stats}
 
     def close(self) -> None:
         self.reader = None

@@ -44,6 +44,8 @@ _NOT_GENERATIONS = (".offset", ".lock", ".tmp", ".state", ".swp", "~")
 COMPRESS_GRACE_SECONDS = 60.0
 #: How often a pass re-plans when files move under it before leaving it to the next pass.
 PLAN_ATTEMPTS = 5
+#: How much of a skipped over-long line is kept for the operator.
+OVERSIZED_HEAD_BYTES = 64 * 1024
 
 
 class ReaderError(Exception):
@@ -194,6 +196,8 @@ class LogReader:
         on_warning: Optional[Callable[[Warning_], None]] = None,
         position: Optional[Position] = None,
         other_logs: tuple[str, ...] = (),
+        max_line_bytes: Optional[int] = None,
+        on_oversized: Optional[Callable[[bytes, int], None]] = None,
     ) -> None:
         """`position`, when given, replaces the stored one (taking over another tool's offset:
         the state file is then not read, only replaced by the first commit)."""
@@ -201,6 +205,9 @@ class LogReader:
         self.state_path = Path(state_path)
         self.start_at = start_at
         self.chunk_bytes = chunk_bytes
+        # Longer lines are skipped (head kept via on_oversized) instead of held in memory.
+        self.max_line_bytes = max_line_bytes
+        self._on_oversized = on_oversized
         # Names of other logs in this directory that start with this log's name
         # (access.log.json beside access.log): they and their rotations are not ours.
         self.other_logs = tuple(
@@ -630,6 +637,21 @@ class LogReader:
                 view.release()
             if n == 0:
                 break
+            if fill == len(buf) and self.max_line_bytes and fill >= self.max_line_bytes:
+                # No log line is this long: skip it with bounded memory, keeping its head.
+                head = bytes(buf[: min(fill, OVERSIZED_HEAD_BYTES)])
+                length, fill, remaining, complete = _skip_line(fh, buf, fill, remaining)
+                if not complete and step.role == "live":
+                    return  # its end is not written yet: the next pass reads it again
+                end = offset + length
+                self._oversized(step, offset, length, head)
+                after = _advance(pos, step.role, gen, end)
+                span = Span(step.role, pos, gen, offset, end, 0, after)
+                yield Chunk(memoryview(b""), span)
+                offset, pos = end, after
+                if not complete:
+                    break
+                continue
             if fill == len(buf):
                 buf.extend(bytes(len(buf)))  # one line longer than the buffer: grow
         if fill and step.role != "live":
@@ -640,6 +662,15 @@ class LogReader:
             yield Chunk(memoryview(data), span)
         if len(buf) > self.chunk_bytes:
             del buf[self.chunk_bytes :]
+
+    def _oversized(self, step: _Step, offset: int, length: int, head: bytes) -> None:
+        self._warn(
+            "oversized",
+            f"{step.path}: a line of {length} bytes at byte {offset} is longer than"
+            f" {self.max_line_bytes} bytes; skipped (its first {len(head)} bytes are kept)",
+        )
+        if self._on_oversized is not None:
+            self._on_oversized(head, length)
 
     def read_batch(self, max_lines: int, max_bytes: int) -> Batch:
         """Up to `max_lines` complete lines / `max_bytes` bytes from the committed position.
@@ -693,6 +724,31 @@ def _cut(data: bytes, max_lines: int, max_bytes: int, allow_oversize: bool) -> i
         cut = nl + 1
         lines += 1
     return cut
+
+
+def _skip_line(
+    fh: BinaryIO, buf: bytearray, fill: int, remaining: Optional[int]
+) -> tuple[int, int, Optional[int], bool]:
+    """Read past the rest of a line whose first `fill` bytes fill `buf`.
+
+    Returns (its length, bytes after it now at the start of buf, remaining, whether its newline
+    was found). Memory stays at the buffer's size however long the line is.
+    """
+    length = fill
+    while True:
+        want = len(buf) if remaining is None else min(len(buf), remaining)
+        with memoryview(buf) as view:
+            n = (fh.readinto(view[:want]) if want > 0 else 0) or 0  # type: ignore[attr-defined]
+        if remaining is not None:
+            remaining -= n
+        if n == 0:
+            return length, 0, remaining, False
+        newline = buf.find(b"\n", 0, n)
+        if newline >= 0:
+            rest = n - newline - 1
+            buf[:rest] = buf[newline + 1 : n]
+            return length + newline + 1, rest, remaining, True
+        length += n
 
 
 def _skip(fh: BinaryIO, count: int, buf: bytearray) -> int:

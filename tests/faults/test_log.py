@@ -156,7 +156,8 @@ def test_huge_line_without_newline(tmp_path: Path, result) -> None:
     quarantined = rig.stats().get("quarantined", 0)
     assert quarantined == 1
     rss = max(peak(), peak2())
-    assert rss < 512 * 1024, f"peak RSS {rss} KiB for a 100 MB line"
+    # Skipped in buffer-sized reads (matomo_rt.pipeline.MAX_LINE_BYTES), never held whole.
+    assert rss < 64 * 1024, f"peak RSS {rss} KiB for a 100 MB line"
     result(
         "log: a 100 MB line without a newline (then finished)",
         iterations=1,

@@ -893,3 +893,41 @@ def test_a_position_of_the_wrong_shape_is_a_loud_error(tmp_path: Path) -> None:
     save_state(state, {"log": "x", "position": []})
     with pytest.raises(StateError, match="matomo-rt seek"):
         LogReader(tmp_path / "access.log", state)
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_a_line_longer_than_the_limit_is_skipped_with_bounded_memory(
+    tmp_path: Path, rotated: bool
+) -> None:
+    """No web server writes a line of megabytes; the reader skips it in buffer-sized reads
+    (keeping its head for the quarantine) instead of holding it whole, and goes on."""
+    log = tmp_path / "access.log"
+    state = tmp_path / "state.json"
+    huge = b"{" + b"x" * (5 * 65536) + b"}\n"
+    log.write_bytes(lines(1, 2) + huge + lines(3, 2))
+    if rotated:
+        log.rename(tmp_path / "access.log.1")
+        with (tmp_path / "access.log.1").open("ab") as fh:
+            fh.write(b"{" + b"y" * (3 * 65536))  # an unterminated over-long last line
+        log.write_bytes(lines(5, 1))
+    seen: list[tuple[bytes, int]] = []
+    start = Position(True, None, ()) if rotated else None
+    reader = LogReader(
+        log,
+        state,
+        start_at="beginning",
+        chunk_bytes=65536,
+        max_line_bytes=65536,
+        on_oversized=lambda head, length: seen.append((head, length)),
+        position=start,
+    )
+    buffers: list[int] = []
+    got = []
+    for chunk in reader.chunks():
+        buffers.append(len(chunk.data.obj))  # the buffer behind the view never grows
+        got.append(bytes(chunk.data))
+    assert b"".join(got) == lines(1, 4) + (lines(5, 1) if rotated else b"")
+    assert [length for _, length in seen] == [len(huge)] + ([3 * 65536 + 1] if rotated else [])
+    assert seen[0][0].startswith(b"{xxx") and len(seen[0][0]) <= 64 * 1024
+    assert max(buffers) <= 65536
+    assert [w.kind for w in reader.warnings].count("oversized") == len(seen)
