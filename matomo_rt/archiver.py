@@ -15,7 +15,7 @@ from typing import Optional
 
 from matomo_rt import execute
 from matomo_rt.config import Config, ConfigError
-from matomo_rt.tail.store import SourceLock, StateError, load_state, save_state
+from matomo_rt.tail.store import SourceLock, ensure_dir, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,7 @@ def run_archive(config: Config) -> ArchiveResult:
     if matomo.url is None or matomo.console is None:
         raise ConfigError([f"{config.source.name}: matomo.url and matomo.path: needed to archive"])
     state_path, lock_path = archive_paths(config)
-    try:  # as the service does: a first run from cron must not need it made by hand
-        config.state.dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        where = config.state.dir
-        raise StateError(f"{where}: cannot create the state directory: {exc.strerror}") from None
+    ensure_dir(config.state.dir)  # a first run from cron must not need it made by hand
     with SourceLock(lock_path):
         argv = build_argv(matomo.php, matomo.console, matomo.url, config.archive.flags)
         started = time.time()

@@ -10,7 +10,8 @@ from typing import Optional
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.matomo import importer
 from matomo_rt.pipeline import PassReport, Source, open_sources
-from matomo_rt.tail import LockedError, StateError
+from matomo_rt.tail import LockedError
+from matomo_rt.tail.store import ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,7 @@ def run_import(config: Config, names: Optional[list[str]], dry_run: bool = False
     problems = import_problems(config)
     if problems:
         raise ConfigError(problems)
-    try:  # as the service does: a first run from cron must not need it made by hand
-        config.state.dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        where = config.state.dir
-        raise StateError(f"{where}: cannot create the state directory: {exc.strerror}") from None
+    ensure_dir(config.state.dir)  # a first run from cron must not need it made by hand
     codes = []
     for source in open_sources(config, names, dry_run):
         try:
@@ -109,6 +106,7 @@ def _severity(code: int) -> int:
 
 def run_seek(config: Config, name: str, to: str) -> int:
     """Move one log's committed position; its statistics are kept."""
+    ensure_dir(config.state.dir)
     source = Source(config, config.log(name))
     try:
         source.open()

@@ -31,6 +31,7 @@ from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.config import load as load_config
 from matomo_rt.pipeline import Source, open_sources
 from matomo_rt.tail import ReaderError, StateError
+from matomo_rt.tail.store import ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class Service:
         problems = import_problems(config)
         if problems:
             raise ConfigError(problems)
-        config.state.dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(config.state.dir)
         opened: dict[str, Source] = {}
         try:
             for source in open_sources(config):

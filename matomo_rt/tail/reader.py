@@ -492,12 +492,14 @@ class LogReader:
             start: Optional[int] = 0
         elif to == "end":
             start = None
-        else:
+        elif to.isdigit():
             start = int(to)
             if not 0 <= start <= live.size:
                 raise ValueError(f"{start} is outside the file (0..{live.size} bytes)")
             if start and not _resume_ok(live, start):
                 raise ValueError(f"byte {start} is not the start of a line")
+        else:
+            raise ValueError("use start, end or a byte offset")
         for _ in range(PLAN_ATTEMPTS):
             try:
                 _, pos = self._plan_first_run(live, self._siblings(), start)

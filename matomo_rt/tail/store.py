@@ -99,6 +99,16 @@ def _remove_stale_temps(path: Path) -> None:
             pass
 
 
+def ensure_dir(directory: Path) -> None:
+    """Create the state directory if needed; a one-line StateError if that is impossible."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(
+            f"{directory}: cannot create the state directory: {exc.strerror}"
+        ) from None
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename in `directory` durable."""
     try:
