@@ -8,14 +8,12 @@ the way out, and never hides the others.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -25,7 +23,7 @@ from typing import Any, Callable, Optional
 
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
 from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, _auth_key, state_paths
-from matomo_rt.tail.store import StateError, fsync_dir, load_state
+from matomo_rt.tail.store import StateError, atomic_write, load_state
 
 log = logging.getLogger(__name__)
 
@@ -700,26 +698,11 @@ def write_textfile(path: Path, text: str) -> None:
             f"metrics.textfile: {path}: node_exporter's textfile collector reads only *.prom "
             "files; name it like matomo_rt.prom"
         )
-    directory = path.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        # 0644: node_exporter runs as another user.
+        atomic_write(path, text.encode("utf-8"), mode=0o644)
     except OSError as exc:
-        raise MetricsError(f"metrics.textfile: {directory}: {_os_reason(exc)}") from None
-    try:
-        try:
-            os.fchmod(fd, 0o644)  # mkstemp makes 0600; node_exporter runs as another user
-            view = memoryview(text.encode("utf-8"))
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise MetricsError(f"metrics.textfile: {path}: {_os_reason(exc)}") from None
-    fsync_dir(directory)
 
 
 # ------------------------------------------------------------------------------------------

@@ -59,30 +59,42 @@ def save_state(path: Path, data: dict[str, Any]) -> None:
     """Atomically replace `path` with `data` (plus the format marker)."""
     document = {"format": STATE_FORMAT, **data}
     payload = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
-    directory = path.parent
     _remove_stale_temps(path)
     try:
-        # Not tempfile.mkstemp: importing tempfile costs `matomo-rt tail` start-up time.
-        tmp = str(directory / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        atomic_write(path, payload)
     except OSError as exc:
-        raise StateError(f"{directory}: cannot write state: {exc.strerror}") from None
+        hint = " (disk full?)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise StateError(f"{path}: cannot write state: {exc.strerror}{hint}") from None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file, never a mix:
+    temp file in the same directory, fsync, rename, fsync of the directory. Raises OSError."""
+    directory = path.parent
+    # Not tempfile.mkstemp: importing tempfile costs `matomo-rt tail` start-up time.
+    tmp = str(directory / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)  # whatever the umask
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError as exc:
+    except OSError:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        hint = " (disk full?)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        raise StateError(f"{path}: cannot write state: {exc.strerror}{hint}") from None
+        raise
     fsync_dir(directory)
 
 
