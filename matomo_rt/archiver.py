@@ -8,6 +8,7 @@ the run finished but logged warnings: a warning, not a failure.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ class ArchiveResult:
 
 
 def build_argv(php: str, console: Path, url: str, flags: tuple[str, ...]) -> list[str]:
-    return [php, str(console), "core:archive", f"--url={url}", *flags]
+    # --no-ansi: Symfony colours its output even into a pipe, which garbles logged reasons.
+    return [php, str(console), "core:archive", "--no-ansi", f"--url={url}", *flags]
 
 
 def classify(
@@ -42,13 +44,26 @@ def classify(
         return TIMEOUT, "core:archive ran longer than archive.timeout and was stopped"
     if returncode == 0:
         return SUCCESS, ""
-    tail = (stderr.strip() or stdout.strip()).splitlines()
-    last = tail[-1].strip()[:300] if tail else ""
+    last = _failure_line(stderr) or _failure_line(stdout)
     if returncode == 1 and _WARNING_TEXT in stdout + stderr:
         return WARNING, "core:archive finished but logged warnings or errors (see its output)"
     if returncode is None:
         return FAILURE, "core:archive was killed"
     return FAILURE, f"core:archive exited {returncode}: {last}"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_CAUSE = re.compile(r"exception|SQLSTATE|error", re.IGNORECASE)
+
+
+def _failure_line(text: str) -> str:
+    """The line that says why: after an exception Symfony ends with its usage text, so the
+    last line is useless; the first line naming an exception or error is the cause."""
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    for line in lines:
+        if _CAUSE.search(line) and "error or warning logs detected" not in line:
+            return line[:300]
+    return lines[-1][:300] if lines else ""
 
 
 def archive_paths(config: Config) -> tuple[Path, Path]:

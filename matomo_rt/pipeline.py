@@ -410,7 +410,8 @@ class Source:
         now = self.clock()
         updates: dict[str, Any] = {
             "add_lines_read": lines,
-            "add_imported": result.imported if result.outcome == importer.SUCCESS else sent,
+            "add_imported": result.held if result.outcome == importer.SUCCESS else sent,
+            "add_refused": result.refused_hits,
             "add_ignored": result.ignored,
             "add_quarantined": quarantined,
             "add_normalised": checked.normalised,
@@ -427,7 +428,7 @@ class Source:
         self._commit(position, **updates)
         report.committed_lines += lines
         report.quarantined += quarantined
-        report.imported += result.imported if result.outcome == importer.SUCCESS else sent
+        report.imported += result.held if result.outcome == importer.SUCCESS else sent
 
     def _quarantine_prefix(self, checked: GuardResult, lines: int) -> int:
         """Write the held-back lines among the first `lines` batch lines, before committing."""

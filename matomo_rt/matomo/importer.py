@@ -7,6 +7,7 @@ whether a batch reached Matomo, so the outcome is read from the summary and the 
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -92,7 +93,13 @@ _FIELD_RES = {k: re.compile(r"^\s*" + v, re.MULTILINE) for k, v in _SUMMARY_FIEL
 _SUMMARY_HEAD = re.compile(r"^Logs import summary\s*$", re.MULTILINE)
 _UNMATCHED_HEAD = re.compile(r"^\s*(\d+) distinct hostnames did not match any existing site:")
 _REFUSED = re.compile(r"The Matomo tracker identified (\d+) invalid requests")
-_FATAL = re.compile(r"^Fatal error: (.*)$", re.MULTILINE)
+#: The fatal error and what follows it up to the --skip hint: Matomo 5 answers a refused token
+#: with an HTML page, whose message is lines below the first.
+_FATAL = re.compile(
+    r"^Fatal error: (.*?)(?=^You can restart the import|\Z)", re.MULTILINE | re.DOTALL
+)
+_TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.DOTALL | re.IGNORECASE)
+_BLOCKED = re.compile(r"not allowed to log in|too many failed logins", re.IGNORECASE)
 _SKIP = re.compile(r"specifying --skip=(\d+) on the command line")
 _AUTH_WORDS = re.compile(r"token|HTTP Error 401|HTTP Error 403|401 Unauthorized", re.IGNORECASE)
 
@@ -112,6 +119,13 @@ class ImportResult:
     @property
     def imported(self) -> int:
         return self.counts.get("imported", 0)
+
+    @property
+    def held(self) -> int:
+        """Requests Matomo stored: import_logs.py's "imported" also counts the requests sent
+        for hosts matching no site, and those Matomo refused."""
+        no_site = self.counts.get("no_site", 0)
+        return max(self.imported - no_site - self.refused_hits, 0)
 
     @property
     def ignored(self) -> int:
@@ -154,8 +168,13 @@ def classify(
 ) -> ImportResult:
     """Turn one importer run into an outcome the commit protocol can act on."""
     refused = sum(int(n) for n in _REFUSED.findall(stderr))
-    fatal = _FATAL.findall(stderr)
-    reason = fatal[-1].strip() if fatal else _last_line(stderr)
+    fatal = [_readable(text) for text in _FATAL.findall(stderr)]
+    reason = fatal[-1] if fatal else _last_line(stderr)
+    if _BLOCKED.search(reason):
+        reason += (
+            " — Matomo blocked this host after failed logins: on the Matomo host run"
+            " `php console login:unblock-blocked-ips`"
+        )
     if returncode is None:
         why = "timed out" if timed_out else "was killed"
         return ImportResult(UNCERTAIN, None, reason=f"import_logs.py {why} mid-batch")
@@ -201,6 +220,12 @@ def classify(
     return ImportResult(
         UNCERTAIN, returncode, refused_hits=refused, reason=f"import_logs.py crashed: {reason}"
     )
+
+
+def _readable(text: str) -> str:
+    """One line from a fatal error whose response may be an HTML page."""
+    text = html.unescape(_TAG.sub(" ", text))
+    return " ".join(text.split())[:500]
 
 
 def _last_line(text: str) -> str:

@@ -446,7 +446,7 @@ def test_archive_outcomes(rig, mode, code, outcome):
     done = rig.run("archive")
     assert done.returncode == code, done.stderr
     (run,) = rig.archive_runs()
-    assert run["argv"] == ["core:archive", f"--url={MATOMO_URL}"]
+    assert run["argv"] == ["core:archive", "--no-ansi", f"--url={MATOMO_URL}"]
     assert run["mode"] == mode
     state = archive_state(rig)
     assert state["last_run"]["outcome"] == outcome

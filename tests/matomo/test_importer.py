@@ -470,3 +470,36 @@ def test_exit_0_without_summary_is_uncertain() -> None:
     result = classify(0, "Parsing log (stdin)...\n", "", 10)
     assert result.outcome == UNCERTAIN
     assert "without printing its summary" in result.reason
+
+
+HTML_401 = (
+    "2026-11-27 21:01:51,000: [INFO] Error when connecting to Matomo: HTTP Error 401:"
+    " Unauthorized\n"
+    "Fatal error: HTTP Error 401 Unauthorized, response: <!DOCTYPE html>\n"
+    "<html><head><title>Matomo &rsaquo; Error</title><style>body { color: red }</style></head>\n"
+    "<body><p>Unable to authenticate with the provided token. It is either invalid or expired."
+    "</p>\n</body></html>\n"
+    'You can restart the import of "(stdin)" from the point it failed by specifying --skip=0'
+    " on the command line.\n\n"
+)
+
+
+def test_matomo_5_html_error_page_gives_a_readable_reason() -> None:
+    """Matomo 5.0.2 (seen on a real install) answers a refused token with an HTML page: the
+    reason must carry its message, not `<!DOCTYPE html>`."""
+    result = importer.classify(1, "", HTML_401, 10)
+    assert result.outcome == importer.AUTH and result.skip == 0
+    assert "Unable to authenticate with the provided token" in result.reason
+    assert "<" not in result.reason and "color: red" not in result.reason
+
+
+def test_a_blocked_host_says_how_to_unblock_it() -> None:
+    stderr = (
+        'Fatal error: HTTP Error 401 Unauthorized, response: {"result":"error","message":"You are'
+        " currently not allowed to log in because you had too many failed logins, try again"
+        ' later."}\nYou can restart the import of "(stdin)" from the point it failed by'
+        " specifying --skip=0 on the command line.\n"
+    )
+    result = importer.classify(1, "", stderr, 10)
+    assert result.outcome == importer.AUTH
+    assert "login:unblock-blocked-ips" in result.reason
