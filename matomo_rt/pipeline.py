@@ -23,7 +23,7 @@ from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, lo
 from matomo_rt.guard import GuardResult, Quarantine, guarded_chunks
 from matomo_rt.matomo import importer
 from matomo_rt.tail import Batch, LogReader, SourceLock, StateError
-from matomo_rt.tail.position import Position
+from matomo_rt.tail.position import Position, lag_bytes
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def state_paths(config: Config, log_config: LogConfig) -> tuple[Path, Path, Path
     )
 
 
-def _auth_key(url: Optional[str], token: Optional[str]) -> str:
+def auth_key(url: Optional[str], token: Optional[str]) -> str:
     """Changes when the URL or token changes: a new token lifts the authentication pause."""
     return hashlib.sha256(f"{url}\0{token}".encode()).hexdigest()[:16]
 
@@ -200,7 +200,7 @@ class Source:
         pause = self.stats.get("auth_pause")
         if not isinstance(pause, dict):
             return None
-        if pause.get("key") != _auth_key(self.config.matomo.url, self.token):
+        if pause.get("key") != auth_key(self.config.matomo.url, self.token):
             return None  # URL or token changed since: try again
         until = float(pause.get("until", 0))
         if self.clock() >= until:
@@ -343,7 +343,7 @@ class Source:
         if result.outcome == importer.AUTH:
             extra["auth_pause"] = {
                 "until": self.clock() + AUTH_PAUSE_SECONDS,
-                "key": _auth_key(self.config.matomo.url, self.token),
+                "key": auth_key(self.config.matomo.url, self.token),
             }
             log.error(
                 "%s: Matomo refused the token (%s); no more imports for an hour or until the"
@@ -459,9 +459,11 @@ class Source:
         except OSError:
             return None
         current = self.reader.committed.current
-        if current is not None and current.same_file(st.st_dev, st.st_ino):
-            return max(st.st_size - (current.offset or 0), 0)
-        return st.st_size
+        if current is None:
+            return st.st_size
+        return lag_bytes(
+            current.dev, current.ino, current.offset or 0, st.st_size, st.st_dev, st.st_ino
+        )
 
 
 def open_sources(

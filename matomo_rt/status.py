@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
-from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, _auth_key, state_paths
+from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, auth_key, state_paths
+from matomo_rt.tail.position import lag_bytes
 from matomo_rt.tail.store import StateError, atomic_write, load_state
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class MetricsError(Exception):
 def collect(config: Config, now: Optional[float] = None) -> dict[str, Any]:
     """Everything `status` shows, as a JSON-able dict; never raises for one bad log."""
     now = time.time() if now is None else now
-    token_key = _current_auth_key(config)
+    token_key = _currentauth_key(config)
     logs = [_collect_log(config, log_config, now, token_key) for log_config in config.logs]
     return {
         "time": now,
@@ -65,7 +66,7 @@ def collect(config: Config, now: Optional[float] = None) -> dict[str, Any]:
     }
 
 
-def _current_auth_key(config: Config) -> Optional[str]:
+def _currentauth_key(config: Config) -> Optional[str]:
     """The key an auth pause is recorded under for today's URL and token, if we can tell.
 
     A pause recorded under another key lifts on the next import (the token was changed).
@@ -83,7 +84,7 @@ def _current_auth_key(config: Config) -> Optional[str]:
             return None
         if not token:
             return None
-    return _auth_key(config.matomo.url, token)
+    return auth_key(config.matomo.url, token)
 
 
 def _number(value: Any) -> Optional[float]:
@@ -159,17 +160,15 @@ def _read_document(
         entry["offset"] = _number(current.get("offset"))
         entry["file"] = current.get("name") if isinstance(current.get("name"), str) else None
     if live is not None:
-        same = (
-            isinstance(current, dict)
-            and current.get("dev") == live.st_dev
-            and current.get("ino") == live.st_ino
+        raw = current if isinstance(current, dict) else {}
+        entry["lag_bytes"] = lag_bytes(
+            raw.get("dev"),
+            raw.get("ino"),
+            int(entry["offset"] or 0),
+            live.st_size,
+            live.st_dev,
+            live.st_ino,
         )
-        if same:
-            entry["lag_bytes"] = max(live.st_size - int(entry["offset"] or 0), 0)
-        else:
-            # Between generations, or rotated since: the whole live file is still ahead
-            # (rotated leftovers, if any, are not counted).
-            entry["lag_bytes"] = live.st_size
 
     stats = document.get("stats")
     if not isinstance(stats, dict):

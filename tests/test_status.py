@@ -23,7 +23,7 @@ import pytest
 
 from matomo_rt import status
 from matomo_rt.config import Config, StateConfig, load
-from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, _auth_key, state_paths
+from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, auth_key, state_paths
 from matomo_rt.tail import LogReader
 from matomo_rt.tail.store import save_state
 
@@ -180,7 +180,7 @@ def test_an_error_followed_by_a_success_is_fine(tmp_path: Path) -> None:
 
 def test_an_active_auth_pause_is_shown_and_fails_the_exit_code(tmp_path: Path) -> None:
     config = make_config(tmp_path, token="tok")
-    key = _auth_key(config.matomo.url, "tok")
+    key = auth_key(config.matomo.url, "tok")
     pause = {"until": NOW + 1800, "key": key}
     commit_lines(config, "access", 1, {"auth_pause": pause})
     report = status.collect(config, now=NOW)
@@ -196,12 +196,12 @@ def test_an_active_auth_pause_is_shown_and_fails_the_exit_code(tmp_path: Path) -
 )
 def test_a_lifted_auth_pause_is_not_reported(tmp_path: Path, why: str) -> None:
     config = make_config(tmp_path, token="new-token")
-    key = _auth_key(config.matomo.url, "new-token")
+    key = auth_key(config.matomo.url, "new-token")
     stats: dict[str, Any] = {"auth_pause": {"until": NOW + 1800, "key": key}}
     if why == "expired":
         stats["auth_pause"]["until"] = NOW - 1
     elif why == "token changed":
-        stats["auth_pause"]["key"] = _auth_key(config.matomo.url, "old-token")
+        stats["auth_pause"]["key"] = auth_key(config.matomo.url, "old-token")
     else:
         stats["last_success"] = NOW + 1800 - AUTH_PAUSE_SECONDS + 5
     commit_lines(config, "access", 1, stats)

@@ -99,3 +99,14 @@ class Position(namedtuple("Position", "initialized current finished", defaults=(
             current=None if current is None else Generation.from_json(current),
             finished=tuple(Generation.from_json(g) for g in data.get("finished", [])),
         )
+
+
+def lag_bytes(
+    dev: object, ino: object, offset: object, size: int, live_dev: int, live_ino: int
+) -> int:
+    """Bytes of the live file not yet committed. When the position is in another file (between
+    generations, or rotated since), the whole live file is ahead; rotated leftovers are not
+    counted. Takes raw values so `status` can use it on a state file it only half trusts."""
+    if dev == live_dev and ino == live_ino and isinstance(offset, int):
+        return max(size - offset, 0)
+    return size
