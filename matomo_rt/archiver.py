@@ -16,7 +16,7 @@ from typing import Optional
 
 from matomo_rt import execute
 from matomo_rt.config import Config, ConfigError
-from matomo_rt.tail.store import SourceLock, ensure_dir, load_state, save_state
+from matomo_rt.store import SourceLock, ensure_dir, load_state, save_state
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from matomo_rt import execute
 from matomo_rt.config import TOKEN_ENV, Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.guard import check_line
 from matomo_rt.pipeline import state_paths
-from matomo_rt.tail.store import StateError, load_state
+from matomo_rt.store import StateError, load_state
 
 #: Seconds for each HTTP request to Matomo and each interpreter probe.
 DEFAULT_TIMEOUT = 15.0

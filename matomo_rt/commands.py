@@ -10,8 +10,8 @@ from typing import Optional
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.matomo import importer
 from matomo_rt.pipeline import PassReport, Source, open_sources
+from matomo_rt.store import ensure_dir
 from matomo_rt.tail import LockedError
-from matomo_rt.tail.store import ensure_dir
 
 log = logging.getLogger(__name__)
 

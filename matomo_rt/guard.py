@@ -279,7 +279,7 @@ class Quarantine:
         try:
             self._append("".join(out).encode())
         except OSError as exc:
-            from matomo_rt.tail.store import StateError
+            from matomo_rt.store import StateError
 
             raise StateError(
                 f"{self.path}: cannot write the quarantine file: {exc.strerror}"
@@ -287,7 +287,7 @@ class Quarantine:
         return len(out)
 
     def _append(self, data: bytes) -> None:
-        from matomo_rt.tail.store import write_all
+        from matomo_rt.store import write_all
 
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:

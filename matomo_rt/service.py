@@ -30,8 +30,8 @@ from matomo_rt.archiver import run_archive
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.config import load as load_config
 from matomo_rt.pipeline import Source, open_sources
+from matomo_rt.store import ensure_dir
 from matomo_rt.tail import ReaderError, StateError
-from matomo_rt.tail.store import ensure_dir
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any, Callable, Optional
 
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
 from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, auth_key, state_paths
+from matomo_rt.store import StateError, atomic_write, load_state
 from matomo_rt.tail.position import lag_bytes
-from matomo_rt.tail.store import StateError, atomic_write, load_state
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import pytest
 from matomo_rt import status
 from matomo_rt.config import Config, StateConfig, load
 from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, auth_key, state_paths
+from matomo_rt.store import save_state
 from matomo_rt.tail import LogReader
-from matomo_rt.tail.store import save_state
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_800_000_000.0
@@ -269,7 +269,7 @@ def lock_holder(tmp_path: Path) -> Iterator[tuple[Config, subprocess.Popen[bytes
     config = make_config(tmp_path)
     lock = state_paths(config, config.log("access"))[1]
     code = (
-        "import sys; from pathlib import Path; from matomo_rt.tail.store import SourceLock\n"
+        "import sys; from pathlib import Path; from matomo_rt.store import SourceLock\n"
         "lock = SourceLock(Path(sys.argv[1])); lock.acquire(); print('ready', flush=True)\n"
         "sys.stdin.read()\n"
     )

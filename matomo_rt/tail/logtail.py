@@ -11,10 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from matomo_rt.store import SourceLock, StateError, load_state
 from matomo_rt.tail.identity import Fingerprint, read_head
 from matomo_rt.tail.position import Generation, Position
 from matomo_rt.tail.reader import LogReader
-from matomo_rt.tail.store import SourceLock, StateError, load_state
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:

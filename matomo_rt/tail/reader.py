@@ -18,6 +18,7 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
+from matomo_rt.store import StateError, load_state, save_state
 from matomo_rt.tail.identity import (
     FINGERPRINT_BYTES,
     Fingerprint,
@@ -27,7 +28,6 @@ from matomo_rt.tail.identity import (
     read_head,
 )
 from matomo_rt.tail.position import Generation, Position
-from matomo_rt.tail.store import StateError, load_state, save_state
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
-from matomo_rt.tail.store import load_state
+from matomo_rt.store import load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 DOUBLE = ROOT / "tests" / "doubles" / "import_logs.py"

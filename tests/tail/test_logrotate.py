@@ -24,8 +24,8 @@ from typing import Optional
 
 import pytest
 
+from matomo_rt.store import load_state
 from matomo_rt.tail import Position
-from matomo_rt.tail.store import load_state
 from tests.tail.logsim import LogSim
 
 ROOT = Path(__file__).resolve().parents[2]

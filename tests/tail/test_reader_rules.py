@@ -20,10 +20,10 @@ from typing import Optional
 
 import pytest
 
+from matomo_rt.store import STATE_FORMAT, load_state, save_state
 from matomo_rt.tail import LockedError, LogReader, Position, SourceLock, StateError
 from matomo_rt.tail.identity import FINGERPRINT_BYTES, Fingerprint
 from matomo_rt.tail.reader import Warning_
-from matomo_rt.tail.store import STATE_FORMAT, load_state, save_state
 from tests.tail.logsim import LogSim, line_for
 
 ROOT = Path(__file__).resolve().parents[2]
