@@ -26,6 +26,7 @@ from typing import Any, Optional, TextIO
 from matomo_rt import execute
 from matomo_rt.config import TOKEN_ENV, Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.guard import check_line
+from matomo_rt.matomo import options
 from matomo_rt.pipeline import state_paths
 from matomo_rt.store import StateError, load_state
 
@@ -219,9 +220,39 @@ def _check_python(c: Checklist, config: Config, timeout: float) -> None:
     elif script.is_file():
         if os.access(script, os.R_OK):
             c.ok(f"import_logs.py: {script}")
+            _check_flags(c, config, script, timeout)
         else:
             c.fail(f"import_logs.py: {script}: not readable by {_who()}", "fix its permissions")
     # A missing script is already reported by import_problems().
+
+
+def _check_flags(c: Checklist, config: Config, script: Path, timeout: float) -> None:
+    """Resolve every configured flag against the script's own options, as argparse will."""
+    try:
+        done = execute.run(
+            [config.matomo.python, "-c", options.PROBE, str(script)],
+            timeout=timeout,
+            max_output=1 << 20,
+        )
+    except execute.ExecError:
+        return  # the interpreter itself was reported above
+    found = options.parse_probe(done.stdout.decode("utf-8", "replace"))
+    if found is None:
+        c.warn(f"import_logs.py: could not read its options ({done.describe()}): flags unchecked")
+        return
+    where = [("import.flags", config.import_.flags)]
+    where += [(f"logs {log.name}: flags", log.flags) for log in config.logs if log.flags]
+    problems = 0
+    for key, flags in where:
+        for finding in options.resolve(flags, found):
+            problems += 1
+            if finding.fatal:
+                c.fail(f"{key}: {finding.text}", "import_logs.py would refuse every batch; fix it")
+            else:
+                c.warn(f"{key}: {finding.text}")
+    if not problems:
+        count = sum(len(flags) for _, flags in where)
+        c.ok(f"import_logs.py knows every configured flag ({count})")
 
 
 def _check_php(c: Checklist, config: Config, timeout: float) -> None:

@@ -237,8 +237,14 @@ def _path(value: Any) -> Path:
     return Path(_str(value)).expanduser()
 
 
-#: import_logs.py options matomo-rt sets itself, or that break the commit protocol.
-_IMPORT_FLAGS_REFUSED = {
+_ON_ARGV = (
+    "import_logs.py's command line shows in `ps` and in -v logs; give Matomo a token instead"
+    " (matomo.token_auth_file)"
+)
+
+#: import_logs.py options matomo-rt sets itself, that break the commit protocol, or that would
+#: put a credential on the command line.
+IMPORT_FLAGS_REFUSED = {
     "--token-auth": "never put the token in flags: use matomo.token_auth_file",
     "--url": "set matomo.url instead",
     "--log-format-name": "matomo-rt always reads nginx_json",
@@ -247,7 +253,29 @@ _IMPORT_FLAGS_REFUSED = {
     " offset moves on",
     "--skip": "matomo-rt keeps the position itself (see `matomo-rt seek`)",
     "--output": "import_logs.py would print no summary, so no batch could ever be committed",
+    "--auth-user": f"HTTP basic auth is not supported: {_ON_ARGV}, and let the web host reach"
+    " Matomo without basic auth",
+    "--auth-password": f"HTTP basic auth is not supported: {_ON_ARGV}, and let the web host reach"
+    " Matomo without basic auth",
+    "--login": f"a Matomo login and password are not supported: {_ON_ARGV}",
+    "--password": f"a Matomo login and password are not supported: {_ON_ARGV}",
 }
+
+
+def refused_flag(flag: str) -> Optional[str]:
+    """Why `flag` may not be configured, or None.
+
+    argparse also takes any unambiguous prefix of a long option (`--dry` is `--dry-run`), so a
+    prefix of a refused option is refused too, naming the option it abbreviates.
+    """
+    name = flag.split("=", 1)[0].replace("_", "-")
+    if name in IMPORT_FLAGS_REFUSED:
+        return f"{name}: {IMPORT_FLAGS_REFUSED[name]}"
+    if name.startswith("--") and len(name) > 2:
+        for option, why in IMPORT_FLAGS_REFUSED.items():
+            if option.startswith(name):
+                return f"{name}: abbreviates {option} ({why}); write options in full"
+    return None
 
 
 def _flags(value: Any) -> tuple[str, ...]:
@@ -255,10 +283,12 @@ def _flags(value: Any) -> tuple[str, ...]:
         raise ValueError('must be a list of strings such as ["--enable-http-errors"]')
     for flag in value:
         if not flag.startswith("-"):
-            raise ValueError(f"{flag!r} is not an option (options start with -)")
-        name = flag.split("=", 1)[0].replace("_", "-")
-        if name in _IMPORT_FLAGS_REFUSED:
-            raise ValueError(f"{name}: {_IMPORT_FLAGS_REFUSED[name]}")
+            raise ValueError(
+                f"{flag!r} is not an option (options start with -; give a value as --name=value)"
+            )
+        why = refused_flag(flag)
+        if why:
+            raise ValueError(why)
     return tuple(value)
 
 
@@ -268,7 +298,7 @@ def _archive_flags(value: Any) -> tuple[str, ...]:
     for flag in value:
         name = flag.split("=", 1)[0].replace("_", "-")
         if name in ("--url", "--token-auth"):
-            raise ValueError(f"{name}: {_IMPORT_FLAGS_REFUSED[name]}")
+            raise ValueError(f"{name}: {IMPORT_FLAGS_REFUSED[name]}")
         if not flag.startswith("-"):
             raise ValueError(f"{flag!r} is not an option (options start with -)")
     return tuple(value)

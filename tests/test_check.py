@@ -21,6 +21,8 @@ from matomo_rt.config import Config, load
 from matomo_rt.pipeline import state_paths
 from tests.doubles.fake_matomo import FakeMatomo, _make_handler
 
+DOUBLE = Path(__file__).resolve().parent / "doubles" / "import_logs.py"
+
 TOKEN = "s3cret-token-abc"
 BLOCKED_MESSAGE = (
     "You are currently not allowed to log in because you had too many failed logins, "
@@ -107,7 +109,8 @@ def env(tmp_path: Path) -> dict[str, Path]:
     """A Matomo directory (console + import_logs.py), a php that answers --version, a log."""
     matomo = tmp_path / "matomo"
     (matomo / "misc" / "log-analytics").mkdir(parents=True)
-    (matomo / "misc" / "log-analytics" / "import_logs.py").write_text("# importer\n")
+    # The double has the real script's option list, which `check` reads from it.
+    (matomo / "misc" / "log-analytics" / "import_logs.py").symlink_to(DOUBLE)
     (matomo / "console").write_text("<?php\n")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -184,6 +187,7 @@ def test_everything_fine(env: dict[str, Path], matomo: CheckMatomo) -> None:
     assert "[ok] log access: " in text
     assert f"[ok] state directory {env['state']} is writable" in text
     assert "[ok] python: " in text
+    assert "[ok] import_logs.py knows every configured flag (2)" in text
     assert "[ok] php: " in text and "PHP 8.2.7" in text
     assert f"[ok] token file {env['token']} (mode 0640)" in text
     assert f"[ok] Matomo 5.1.2 answers at {matomo.url}" in text
@@ -484,3 +488,25 @@ def test_without_a_token_only_reachability_is_checked(
     assert f"[ok] Matomo 5.1.2 answers at {matomo.url}" in text
     assert "[skip] token, write access and host mapping" in text
     assert all("token_auth" not in c["params"] for c in matomo.calls())
+
+
+def test_flags_are_resolved_against_the_scripts_own_options(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    """argparse takes unambiguous prefixes: name what each flag really is to import_logs.py."""
+    extra = '[import]\nflags = ["--enable-http-err", "--nope=1", "--exclude-path"]\n'
+    code, text = check(make_config(env, matomo.url, extra, log_extra='flags = ["--enable"]\n'))
+    assert code == 1
+    assert (
+        "[warn] import.flags: --enable-http-err abbreviates --enable-http-errors: write it in full"
+        in text
+    )
+    assert sorted(fails(text)) == [
+        "[FAIL] import.flags: --exclude-path takes a value: write --exclude-path=VALUE —"
+        " import_logs.py would refuse every batch; fix it",
+        "[FAIL] import.flags: --nope: import_logs.py has no such option — import_logs.py would"
+        " refuse every batch; fix it",
+        "[FAIL] logs access: flags: --enable is ambiguous (--enable-bots, --enable-http-errors,"
+        " --enable-http-redirects, --enable-reverse-dns, --enable-static, --enable-testmode) —"
+        " import_logs.py would refuse every batch; fix it",
+    ]

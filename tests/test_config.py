@@ -337,3 +337,63 @@ def test_import_flags_that_break_the_commit_protocol_are_refused(tmp_path: Path,
     """Flags matomo-rt sets itself, or with which no batch could be committed truthfully."""
     found = problems(tmp_path, f'[import]\nflags = ["{flag}"]\n')
     assert len(found) == 1 and "import.flags" in found[0] and flag.split("=")[0] in found[0]
+
+
+@pytest.mark.parametrize(
+    ("flag", "option"),
+    [
+        ("--dry", "--dry-run"),
+        ("--dry-r", "--dry-run"),
+        ("--tok=s3cret", "--token-auth"),
+        ("--token=s3cret", "--token-auth"),
+        ("--ski=10", "--skip"),
+        ("--out=/tmp/x", "--output"),
+        ("--log-format-n=x", "--log-format-name"),
+    ],
+)
+def test_abbreviations_of_refused_flags_are_refused_naming_the_option(
+    tmp_path: Path, flag: str, option: str
+) -> None:
+    """import_logs.py's argparse takes any unambiguous prefix: `--dry` is `--dry-run`, so every
+    batch would be committed while nothing reaches Matomo, and `--tok=` passes the token on argv.
+    """
+    found = problems(tmp_path, f'[import]\nflags = ["{flag}"]\n')
+    assert len(found) == 1 and "import.flags" in found[0]
+    assert f"abbreviates {option}" in found[0]
+    assert "s3cret" not in found[0]
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--auth-password=pw-s3cret",
+        "--auth-user=bob",
+        "--auth-pass=pw-s3cret",
+        "--auth-u=bob",
+        "--password=pw-s3cret",
+        "--login=bob",
+    ],
+)
+def test_credentials_in_flags_are_refused_without_echoing_them(tmp_path: Path, flag: str) -> None:
+    """Credentials on import_logs.py's command line show in `ps` and in `-v` logs."""
+    found = problems(tmp_path, f'[[logs]]\npath = "/x.log"\nflags = ["{flag}"]\n')
+    assert len(found) == 1 and "logs[0].flags" in found[0]
+    assert "pw-s3cret" not in found[0]
+    assert "ps" in found[0]
+
+
+def test_every_full_option_that_is_not_refused_is_accepted(tmp_path: Path) -> None:
+    """The prefix rule must not refuse a real option (the double carries the real option set)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "import_logs_double_options", ROOT / "tests" / "doubles" / "import_logs.py"
+    )
+    assert spec is not None and spec.loader is not None
+    double = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(double)
+    options = [o for o in double.build_parser()._option_string_actions if o.startswith("--")]
+    accepted = [o for o in options if o not in cfg.IMPORT_FLAGS_REFUSED]
+    assert "--enable-http-errors" in accepted and "--debug" in accepted
+    flags = ", ".join(f'"{o}=1"' for o in accepted)
+    load(write(tmp_path, MINIMAL + f"flags = [{flags}]\n"))
