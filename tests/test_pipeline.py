@@ -667,6 +667,9 @@ def test_outcome_table_rows_each_name_existing_tests() -> None:
         "command": ROOT / "tests" / "test_import_command.py",
         "importer": ROOT / "tests" / "matomo" / "test_importer.py",
         "guard": ROOT / "tests" / "test_guard.py",
+        "config": ROOT / "tests" / "test_config.py",
+        "check": ROOT / "tests" / "test_check.py",
+        "options": ROOT / "tests" / "matomo" / "test_options.py",
     }
     text = (ROOT / "docs" / "outcomes.md").read_text()
     table = text.split("## Fault by fault", 1)[1].split("\n## ", 1)[0]
