@@ -62,6 +62,7 @@ class ImportConfig:
     timeout: float = 600.0
     flags: tuple[str, ...] = DEFAULT_IMPORT_FLAGS
     recorders: int = 1
+    workers: int = 1
     on_uncertain: str = "resend"
     start_at: str = "end"
     max_batches_per_tick: int = 100
@@ -231,6 +232,17 @@ def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{value!r}: must be a whole number above 0")
     return value
+
+
+#: More importers than this only queue up in front of Matomo's PHP workers.
+MAX_WORKERS = 16
+
+
+def _workers(value: Any) -> int:
+    count = _positive_int(value)
+    if count > MAX_WORKERS:
+        raise ValueError(f"{value!r}: at most {MAX_WORKERS} (Matomo serves the imports)")
+    return count
 
 
 def _path(value: Any) -> Path:
@@ -409,6 +421,7 @@ def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
         timeout=t.get("timeout", parse_duration, d.timeout),
         flags=t.get("flags", _flags, d.flags),
         recorders=t.get("recorders", _positive_int, d.recorders),
+        workers=t.get("workers", _workers, d.workers),
         on_uncertain=t.get("on_uncertain", _choice(ON_UNCERTAIN_CHOICES), d.on_uncertain),
         start_at=t.get("start_at", _choice(START_AT_CHOICES), d.start_at),
         max_batches_per_tick=t.get("max_batches_per_tick", _positive_int, d.max_batches_per_tick),
@@ -418,6 +431,15 @@ def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
     t.finish()
 
     logs = _logs(loader, data.get("logs", []), rel)
+    all_flags = [*import_.flags, *(f for log in logs for f in log.flags)]
+    if import_.workers > 1 and (
+        import_.recorders > 1 or any(f.split("=", 1)[0] == "--recorders" for f in all_flags)
+    ):
+        loader.error(
+            "import.workers",
+            "each worker runs import_logs.py with one recorder, so that --skip=N stays exact:"
+            " remove import.recorders and any --recorders flag",
+        )
 
     t = loader.table(data, "archive")
     d2 = ArchiveConfig()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from matomo_rt import execute
+from matomo_rt import execute, workers
 from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.guard import GuardResult, Quarantine, guarded_chunks
 from matomo_rt.matomo import importer
@@ -152,8 +152,12 @@ class Source:
         stats = self.reader.document.get("stats")
         return dict(stats) if isinstance(stats, dict) else {}
 
-    def _commit(self, position: Position, **updates: Any) -> None:
+    def _commit(
+        self, position: Position, document: Optional[dict[str, Any]] = None, **updates: Any
+    ) -> None:
+        """Make `position`, the statistics' `updates` and other `document` keys durable."""
         assert self.reader is not None
+        extra = {**(document or {})}
         stats = self.stats
         for key, value in updates.items():
             if key.startswith("add_"):
@@ -161,17 +165,19 @@ class Source:
                 stats[name] = _count(stats.get(name)) + int(value)
             else:
                 stats[key] = value
+        extra["stats"] = stats
         if self.dry_run:
             self.reader.committed = position
+            self.reader.document = {**self.reader.document, **extra}
             return
         try:
-            self.reader.commit(position, {"stats": stats})
+            self.reader.commit(position, extra)
         except StateError:
             # Matomo may hold lines the disk does not know about: never offer them again from
             # this process. Keep the position in memory; the next pass writes it before it
             # imports anything.
             self.reader.committed = position
-            self.reader.document = {**self.reader.document, "stats": stats}
+            self.reader.document = {**self.reader.document, **extra}
             self.unsaved = True
             raise
         self.unsaved = False
@@ -234,10 +240,15 @@ class Source:
             return report
         limit = max_batches or self.config.import_.max_batches_per_tick
         while report.batches < limit and not should_stop():
-            batch = self.reader.read_batch(
-                self.config.import_.batch_lines, self.config.import_.batch_bytes
-            )
-            if batch.lines == 0:
+            imp = self.config.import_
+            opened = workers.load_open(self)
+            if opened is not None:  # the same lines again, split the same way
+                batch = self.reader.read_batch(opened.lines, 1 << 62)
+            else:  # up to one importer run's worth per worker
+                batch = self.reader.read_batch(
+                    imp.workers * imp.batch_lines, imp.workers * imp.batch_bytes
+                )
+            if batch.lines == 0 and opened is None:
                 now = self.clock()
                 quiet_since = now - float(self.stats.get("last_success") or 0)
                 if report.batches == 0 and quiet_since >= QUIET_SUCCESS_SECONDS:
@@ -252,7 +263,14 @@ class Source:
                 break
             report.batches += 1
             report.lines_read += batch.lines
-            if not self._import_batch(batch, report):
+            if (
+                opened is not None
+                or workers.workers_for(imp.workers, imp.batch_lines, batch.lines) > 1
+            ):
+                done = workers.import_batch(self, batch, report, opened)
+            else:
+                done = self._import_batch(batch, report)
+            if not done:
                 break
             if on_batch is not None:
                 on_batch(report)
@@ -287,7 +305,7 @@ class Source:
             report.quarantined += len(checked.quarantined)
             report.committed_lines += batch.lines
             return True
-        result = self._run_importer(checked, itertools.chain([first], stdin))
+        result = self._run_importer(itertools.chain([first], stdin), lambda: checked.sent)
         if not checked.complete:
             # import_logs.py stopped reading early: finish the line maps for the commit.
             try:
@@ -356,17 +374,27 @@ class Source:
         self._record_error(result.outcome, result.reason, **extra)
         return False
 
-    def _run_importer(self, checked: GuardResult, stdin: Iterator[bytes]) -> importer.ImportResult:
+    def _run_importer(
+        self, stdin: Iterator[bytes], sent: Callable[[], int], one_recorder: bool = False
+    ) -> importer.ImportResult:
+        """One import_logs.py run; `sent()` counts its input lines once it is done.
+
+        `one_recorder`: a partition's run (matomo_rt.workers), whose --skip=N must be exact
+        whatever import.recorders says.
+        """
         matomo = self.config.matomo
         script = matomo.import_logs_script
         if matomo.url is None or script is None:
             raise ConfigError(import_problems(self.config))
+        flags = (*self.config.import_.flags, *self.log_config.flags)
+        if one_recorder:
+            flags = tuple(f for f in flags if f.split("=", 1)[0] != "--recorders")
         argv = importer.build_argv(
             matomo.python,
             script,
             matomo.url,
-            (*self.config.import_.flags, *self.log_config.flags),
-            recorders=self.config.import_.recorders,
+            flags,
+            recorders=1 if one_recorder else self.config.import_.recorders,
             idsite=self.log_config.idsite,
             dry_run=self.dry_run,
         )
@@ -389,7 +417,7 @@ class Source:
             done.returncode,
             done.stdout.decode("utf-8", "replace"),
             execute.redact(done.stderr.decode("utf-8", "replace"), secrets),
-            checked.sent,
+            sent(),
             timed_out=done.timed_out,
         )
 

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 STATE_FORMAT = 1
+#: A document holding an open partitioned batch (matomo_rt.workers) is written as format 2: a
+#: matomo-rt that predates it would ignore the batch and send its finished partitions again, so
+#: it must refuse the file loudly instead. Both load here.
+OPEN_BATCH_FORMAT = 2
+READABLE_FORMATS = (STATE_FORMAT, OPEN_BATCH_FORMAT)
 
 
 class StateError(Exception):
@@ -46,10 +51,11 @@ def load_state(path: Path) -> Optional[dict[str, Any]]:
             f"{path}: state file is corrupt (not JSON); inspect it, then move it aside and set "
             "the position with `matomo-rt seek`"
         ) from None
-    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise StateError(
-            f"{path}: state format {found!r} is not {STATE_FORMAT}; written by another version? "
+            f"{path}: state format {found!r} is not one of {READABLE_FORMATS}; written by"
+            " another version? "
             "move it aside and set the position with `matomo-rt seek`"
         )
     return data
@@ -57,7 +63,8 @@ def load_state(path: Path) -> Optional[dict[str, Any]]:
 
 def save_state(path: Path, data: dict[str, Any]) -> None:
     """Atomically replace `path` with `data` (plus the format marker)."""
-    document = {"format": STATE_FORMAT, **data}
+    version = OPEN_BATCH_FORMAT if data.get("open_batch") else STATE_FORMAT
+    document = {**data, "format": version}
     payload = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
     _remove_stale_temps(path)
     try:

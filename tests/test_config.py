@@ -50,6 +50,7 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     imp = config.import_
     assert (imp.interval, imp.batch_lines, imp.batch_bytes) == (60.0, 10_000, 8 * 1024 * 1024)
     assert (imp.recorders, imp.on_uncertain, imp.start_at) == (1, "resend", "end")
+    assert imp.workers == 1  # the one-liner's load on Matomo
     assert imp.flags == ("--enable-http-errors", "--enable-http-redirects")
     assert (config.archive.enabled, config.archive.schedule) == (True, "5 * * * *")
     assert config.state.dir == Path("/var/lib/matomo-rt")
@@ -171,6 +172,14 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
         ("[import]\nbatch_lines = 0\n", "import.batch_lines", "above 0"),
         ("[import]\nbatch_lines = true\n", "import.batch_lines", "above 0"),
         ("[import]\nrecorders = 1.5\n", "import.recorders", "above 0"),
+        ("[import]\nworkers = 0\n", "import.workers", "above 0"),
+        ("[import]\nworkers = 17\n", "import.workers", "at most 16"),
+        ("[import]\nworkers = 4\nrecorders = 2\n", "import.workers", "one recorder"),
+        (
+            "[import]\nworkers = 2\n[[logs]]\npath = '/a'\nflags = ['--recorders=3']\n",
+            "import.workers",
+            "--skip=N stays exact",
+        ),
         ("[import]\nstart_at = 'middle'\n", "import.start_at", "'beginning', 'end'"),
         ("[import]\nflags = 'x'\n", "import.flags", "list of strings"),
         ("[import]\nflags = ['idsite=1']\n", "import.flags", "options start with -"),

@@ -101,6 +101,7 @@ class Rig:
         extra_logs: str = "",
         import_logs: Optional[Path] = None,
         python: str = sys.executable,
+        workers: int = 1,
     ) -> Config:
         """Write the TOML file and load it as matomo-rt does."""
         idsite_line = f"idsite = {idsite}" if idsite is not None else ""
@@ -120,6 +121,7 @@ class Rig:
                 flags = {json.dumps(list(flags))}
                 on_uncertain = "{on_uncertain}"
                 start_at = "beginning"
+                workers = {workers}
 
                 [state]
                 dir = "{self.state}"

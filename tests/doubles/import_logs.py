@@ -42,6 +42,11 @@ IMPORT_DOUBLE_CONTROL  JSON file read at start:
                        the retries): earlier POSTs are recorded, then "Fatal error: ..." and the
                        hint --skip=<first line of that POST>, exit 1.
     hang_after_lines   lines < N of the POST in flight are recorded, then that POST never ends.
+    fatal_at_path      (top-level key) like fatal_after_lines, for the first POST holding a
+                       request for this path: a fault tied to a request, not to the position of
+                       a line in one run's input (several importers share a batch).
+    hang_at_path       (top-level key) like hang_after_lines, for the request for this path.
+    refuse_paths       [path, ...] (top-level key): like refuse_lines, by path.
 
 Exit codes: 0 done (summary printed), 1 fatal error or crash, 2 usage error, 3 something this
 double does not emulate (another log format, --replay-tracking, ...).
@@ -163,6 +168,9 @@ class Control:
         self.valid_tokens: Optional[list[str]] = None if tokens is None else list(tokens)
         self.superuser = bool(data.get("superuser", False))
         self.refuse_lines = {int(n) for n in data.get("refuse_lines") or []}
+        self.refuse_paths = set(data.get("refuse_paths") or [])
+        self.fatal_at_path: Optional[str] = data.get("fatal_at_path")
+        self.hang_at_path: Optional[str] = data.get("hang_at_path")
         self.real_delays = bool(data.get("real_delays", False))
         fail = data.get("fail")
         self.fatal_after: Optional[int] = data.get("fatal_after_lines")
@@ -807,15 +815,34 @@ class Importer:
                 "HTTP Error 500 Internal Server Error, response: " + _SERVER_ERROR_BODY,
                 500,
             )
+        if control.fatal_at_path is not None and any(h.path == control.fatal_at_path for h in hits):
+            self._retrying(
+                "HTTP Error 500: Internal Server Error",
+                "HTTP Error 500 Internal Server Error, response: " + _SERVER_ERROR_BODY,
+                500,
+            )
         to_record = [(h, r) for h, r in zip(hits, requests) if r is not None]
-        if control.hang_after is not None and any(h.lineno >= control.hang_after for h in hits):
-            to_record = [(h, r) for h, r in to_record if h.lineno < control.hang_after]
+        hang_at = next(
+            (
+                h.lineno
+                for h in hits
+                if control.hang_at_path is not None and h.path == control.hang_at_path
+            ),
+            control.hang_after,
+        )
+        if hang_at is not None and any(h.lineno >= hang_at for h in hits):
+            to_record = [(h, r) for h, r in to_record if h.lineno < hang_at]
             self.journal.record([h.raw for h, _ in to_record])
             threading.Event().wait()  # blocked inside the POST, forever
         refused = [
             i
             for i, (h, r) in enumerate(zip(hits, requests))
-            if r is not None and (control.fail == "refuse_all" or h.lineno in control.refuse_lines)
+            if r is not None
+            and (
+                control.fail == "refuse_all"
+                or h.lineno in control.refuse_lines
+                or h.path in control.refuse_paths
+            )
         ]
         if not _php_can_decode(body):
             # Matomo's json_decode fails (lone surrogates, NaN): nothing tracked, no complaint.

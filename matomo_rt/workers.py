@@ -1,0 +1,423 @@
+"""A batch imported by K import_logs.py processes side by side, committed per partition.
+
+`--skip=N` is exact only with one recorder, so parallelism lives one level up: the batch's
+guarded lines are split by visitor (matomo_rt.partition) into K partitions, one import_logs.py
+with one recorder imports each, and each outcome is exact: all of its lines, the first N, or none
+(unknown only when a run was killed). Until every partition is done the state holds the open
+batch: its length, a digest of its bytes, where it ends, K, and how many lines of each partition
+Matomo holds. A retry reads the same lines again, splits them the same way and sends only what
+each partition lacks; K stays what the batch was opened with. So a failing worker costs only its
+own partition, and duplicates come only from runs killed in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+from matomo_rt.guard import guard
+from matomo_rt.matomo import importer
+from matomo_rt.partition import split, visitor_key
+from matomo_rt.store import StateError
+from matomo_rt.tail import Batch, Position
+
+if TYPE_CHECKING:
+    from matomo_rt.pipeline import PassReport, Source
+
+log = logging.getLogger(__name__)
+
+OPEN_BATCH_VERSION = 1
+STDIN_CHUNK = 1 << 20
+#: Combining outcomes: the most serious one names the batch's outcome.
+_SEVERITY = (
+    importer.SUCCESS,
+    importer.PARTIAL,
+    importer.FAILED,
+    importer.REFUSED,
+    importer.UNCERTAIN,
+    importer.USAGE,
+    importer.AUTH,
+)
+
+
+@dataclass
+class OpenBatch:
+    """A partitioned batch not yet wholly in Matomo; stored in the state as "open_batch"."""
+
+    workers: int
+    lines: int  # lines of the log the batch spans (what a retry reads again)
+    digest: str  # sha256 of those bytes: the retry's lines must be the same
+    end: Position  # where the log's position goes once every partition is done
+    sizes: list[int]  # lines handed to each partition's importer (after the Guard)
+    done: list[int] = field(default_factory=list)  # of those, lines Matomo holds (or skipped)
+
+    @property
+    def complete(self) -> bool:
+        return all(d >= s for d, s in zip(self.done, self.sizes))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": OPEN_BATCH_VERSION,
+            "workers": self.workers,
+            "lines": self.lines,
+            "digest": self.digest,
+            "end": self.end.to_json(),
+            "sizes": list(self.sizes),
+            "done": list(self.done),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> OpenBatch:
+        """The stored batch; a damaged one is a StateError (never a silent restart)."""
+        try:
+            if data.get("version") != OPEN_BATCH_VERSION:
+                raise ValueError(f"version {data.get('version')!r} is not {OPEN_BATCH_VERSION}")
+            batch = cls(
+                workers=data["workers"],
+                lines=data["lines"],
+                digest=data["digest"],
+                end=Position.from_json(data["end"]),
+                sizes=list(data["sizes"]),
+                done=list(data["done"]),
+            )
+            counts = [batch.workers, batch.lines, *batch.sizes, *batch.done]
+            if not all(type(n) is int and n >= 0 for n in counts) or batch.workers < 1:
+                raise ValueError("counts must be whole numbers")
+            if len(batch.sizes) != batch.workers or len(batch.done) != batch.workers:
+                raise ValueError("one size and one count per worker")
+            if not isinstance(batch.digest, str):
+                raise ValueError("digest must be a string")
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise StateError(
+                f"{where}: the open batch in the state file is damaged ({exc}); move the file"
+                " aside and set the position with `matomo-rt seek`"
+            ) from None
+        return batch
+
+
+def load_open(source: Source) -> Optional[OpenBatch]:
+    """The batch a previous pass left open, if any."""
+    assert source.reader is not None
+    data = source.reader.document.get("open_batch")
+    if not data:
+        return None
+    return OpenBatch.from_json(data, str(source.state_path))
+
+
+def workers_for(configured: int, batch_lines: int, lines: int) -> int:
+    """How many importers a new batch of `lines` lines gets (1: the unpartitioned path).
+
+    One per `batch_lines` lines, up to `configured`: every import_logs.py run costs a start-up
+    and up to a second of polling at its end whatever it imports, so a live log's small
+    batches keep one importer and only a backlog is split.
+    """
+    return max(1, min(configured, -(-lines // batch_lines)))
+
+
+def digest(batch: Batch) -> str:
+    h = hashlib.sha256()
+    for data in batch.chunks():
+        h.update(data)
+    return h.hexdigest()
+
+
+def _stdin(lines: Sequence[bytes], finished: list[bool]) -> Iterator[bytes]:
+    """The importer's stdin in large pieces; `finished` tells whether it took all of them."""
+    piece: list[bytes] = []
+    size = 0
+    for line in lines:
+        piece.append(line)
+        size += len(line)
+        if size >= STDIN_CHUNK:
+            yield b"".join(piece)
+            piece, size = [], 0
+    if piece:
+        yield b"".join(piece)
+    finished.append(True)
+
+
+def _run(source: Source, lines: list[bytes]) -> importer.ImportResult:
+    finished: list[bool] = []
+    result = source._run_importer(_stdin(lines, finished), lambda: len(lines), one_recorder=True)
+    if result.outcome == importer.SUCCESS and not finished:
+        return importer.ImportResult(
+            importer.UNCERTAIN,
+            result.returncode,
+            reason="import_logs.py exited before reading all of its lines",
+        )
+    return result
+
+
+class _Tally:
+    """What the runs of one pass over a batch added up to."""
+
+    def __init__(self) -> None:
+        self.outcome = importer.SUCCESS
+        self.reason: Optional[str] = None
+        self.result: Optional[importer.ImportResult] = None
+        self.uncertain = False
+
+    def add(self, worker: str, result: importer.ImportResult) -> None:
+        if _SEVERITY.index(result.outcome) > _SEVERITY.index(self.outcome):
+            self.outcome = result.outcome
+            self.reason = f"{worker}: {result.reason}"
+            self.result = result
+        if result.outcome == importer.UNCERTAIN:
+            self.uncertain = True
+
+
+def import_batch(
+    source: Source, batch: Batch, report: PassReport, opened: Optional[OpenBatch]
+) -> bool:
+    """Import `batch` with K importers side by side; commit each partition as it ends.
+
+    True when the whole batch is done (the position moved past it), False when a partition
+    still lacks lines: the state then holds the open batch and the error is recorded.
+    """
+    assert source.reader is not None
+    lines = list(batch.iter_lines())
+    checked = guard(lines)
+    sums = digest(batch)
+    imp = source.config.import_
+    k = opened.workers if opened else workers_for(imp.workers, imp.batch_lines, batch.lines)
+    key = visitor_key(importer.MANDATORY_FORMAT.split("=", 1)[1])
+    parts = split(checked.lines, k, key) if key else [list(range(len(checked.lines)))]
+    k = len(parts)
+    sizes = [len(p) for p in parts]
+    if opened is not None:
+        if (opened.lines, opened.digest, opened.sizes) != (batch.lines, sums, sizes):
+            return _reopen(source, opened, report)
+        if opened.workers != source.config.import_.workers:
+            log.info(
+                "%s: finishing the open batch with the %d workers it was started with"
+                " (import.workers is now %d)",
+                source.name,
+                opened.workers,
+                source.config.import_.workers,
+            )
+        state = opened
+    else:
+        state = OpenBatch(k, batch.lines, sums, batch.end, sizes, [0] * k)
+    pending = [p for p in range(k) if state.done[p] < state.sizes[p]]
+    tally = _Tally()
+    if pending:
+        _run_partitions(source, checked.lines, parts, state, pending, tally, report)
+    if state.complete:
+        return _close(source, batch, checked, state, tally, report)
+    _fail(source, batch, state, tally, report)
+    return False
+
+
+def _cautious(source: Source) -> bool:
+    """After a failure, one importer tries first: a Matomo that is down, or refuses the token,
+    then sees one run (three failed logins, not 3 x K) until one succeeds."""
+    if source.consecutive_failures:
+        return True
+    stats = source.stats
+    error = stats.get("last_error")
+    if not isinstance(error, dict):
+        return False
+    try:
+        return float(error.get("time") or 0) > float(stats.get("last_success") or 0)
+    except (TypeError, ValueError):
+        return False
+
+
+def _run_partitions(
+    source: Source,
+    sent: list[bytes],
+    parts: list[list[int]],
+    state: OpenBatch,
+    pending: list[int],
+    tally: _Tally,
+    report: PassReport,
+) -> None:
+    """Run the pending partitions (side by side) and commit each outcome as it arrives."""
+    k = state.workers
+    waves = [pending[:1], pending[1:]] if _cautious(source) and len(pending) > 1 else [pending]
+    for wave in waves:
+        if not wave:
+            continue
+        with ThreadPoolExecutor(max_workers=len(wave), thread_name_prefix="worker") as pool:
+            futures: dict[Future[importer.ImportResult], int] = {}
+            for p in wave:
+                todo = [sent[i] for i in parts[p][state.done[p] :]]
+                futures[pool.submit(_run, source, todo)] = p
+            for future in as_completed(futures):
+                p = futures[future]
+                result = future.result()
+                _record_run(source, state, p, result, tally, report, f"worker {p + 1}/{k}")
+        if tally.outcome != importer.SUCCESS:
+            return  # the cautious first run failed: the others wait for the next pass
+
+
+def _record_run(
+    source: Source,
+    state: OpenBatch,
+    p: int,
+    result: importer.ImportResult,
+    tally: _Tally,
+    report: PassReport,
+    worker: str,
+) -> None:
+    """Move partition p's count past what Matomo holds and make it durable at once."""
+    assert source.reader is not None
+    tally.add(worker, result)
+    report.unmatched_hosts.update(result.unmatched_hosts)
+    todo = state.sizes[p] - state.done[p]
+    held = 0
+    if result.outcome == importer.SUCCESS:
+        held = todo
+        if result.refused_hits:
+            log.warning(
+                "%s: %s: Matomo refused %d of %d requests (see import_logs.py's log lines)",
+                source.name,
+                worker,
+                result.refused_hits,
+                result.imported,
+            )
+        source._warn_unmatched(result)
+    elif result.outcome in (importer.PARTIAL, importer.AUTH) and result.skip:
+        held = min(result.skip, todo)
+    elif result.outcome == importer.UNCERTAIN:
+        if source.config.import_.on_uncertain == "skip":
+            log.warning(
+                "%s: %s: %s; on_uncertain = skip: moving past its %d lines, some of which may"
+                " not be in Matomo",
+                source.name,
+                worker,
+                result.reason,
+                todo,
+            )
+            held = todo
+        else:
+            log.warning(
+                "%s: %s: %s; on_uncertain = resend: its %d lines will be sent again, so"
+                " requests recorded before the failure may be counted twice",
+                source.name,
+                worker,
+                result.reason,
+                todo,
+            )
+    if result.outcome not in (importer.SUCCESS, importer.UNCERTAIN):
+        log.error(
+            "%s: %s: import failed (%s): %s; %d of its %d lines are in Matomo",
+            source.name,
+            worker,
+            result.outcome,
+            result.reason,
+            held,
+            todo,
+        )
+    state.done[p] += held
+    imported = result.held if result.outcome == importer.SUCCESS else held
+    report.imported += imported
+    runs = dict(source.stats.get("worker_runs") or {})
+    runs[result.outcome] = int(runs.get(result.outcome) or 0) + 1
+    # Nothing of it in Matomo yet: no need to hold the batch (or its K) open.
+    opened = state.to_json() if any(state.done) else None
+    source._commit(
+        source.reader.committed,
+        document={"open_batch": opened},
+        add_imported=imported,
+        add_refused=result.refused_hits,
+        add_ignored=result.ignored if result.outcome == importer.SUCCESS else 0,
+        worker_runs=runs,
+    )
+
+
+def _close(
+    source: Source,
+    batch: Batch,
+    checked: Any,
+    state: OpenBatch,
+    tally: _Tally,
+    report: PassReport,
+) -> bool:
+    """Every partition is done (or skipped, on_uncertain = skip): quarantine, move the
+    position past the batch, forget it. False when a skipped run makes the pass stop."""
+    quarantined = source._quarantine_prefix(checked, batch.lines)
+    now = source.clock()
+    updates: dict[str, Any] = {}
+    if tally.uncertain:  # skipped: said and counted, as for one importer
+        updates["add_uncertain_batches"] = 1
+        updates["last_error"] = {"time": now, "outcome": tally.outcome, "reason": tally.reason}
+    else:
+        updates["last_success"] = now
+    source._commit(
+        state.end,
+        document={"open_batch": None},
+        add_lines_read=batch.lines,
+        add_quarantined=quarantined,
+        add_normalised=checked.normalised,
+        **updates,
+    )
+    report.committed_lines += batch.lines
+    report.quarantined += quarantined
+    report.outcome = tally.outcome if tally.uncertain else importer.SUCCESS
+    if tally.uncertain:
+        report.uncertain += 1
+        report.error = tally.reason
+        return False
+    return True
+
+
+def _fail(
+    source: Source, batch: Batch, state: OpenBatch, tally: _Tally, report: PassReport
+) -> None:
+    """Some partition still lacks lines: keep the batch open, record why."""
+    report.outcome = tally.outcome
+    report.error = tally.reason or "the batch is not complete"
+    if tally.uncertain:
+        report.uncertain += 1
+    extra: dict[str, Any] = {"add_uncertain_batches": 1} if tally.uncertain else {}
+    if tally.outcome == importer.AUTH:
+        from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, auth_key
+
+        extra["auth_pause"] = {
+            "until": source.clock() + AUTH_PAUSE_SECONDS,
+            "key": auth_key(source.config.matomo.url, source.token),
+        }
+        log.error(
+            "%s: Matomo refused the token (%s); no more imports for an hour or until the"
+            " token changes",
+            source.name,
+            report.error,
+        )
+    done = sum(state.done)
+    total = sum(state.sizes)
+    log.error(
+        "%s: %d of %d partitions of the batch (%d lines) are done, %d of %d requests; the"
+        " rest is retried",
+        source.name,
+        sum(1 for d, s in zip(state.done, state.sizes) if d >= s),
+        state.workers,
+        batch.lines,
+        done,
+        total,
+    )
+    source._record_error(tally.outcome, report.error, **extra)
+
+
+def _reopen(source: Source, opened: OpenBatch, report: PassReport) -> bool:
+    """The open batch's lines cannot be read again as they were (the file holding them was
+    removed or changed): the finished partitions cannot be told apart any more. The lines
+    now there are imported as a new batch; requests may be counted twice, and that is said."""
+    assert source.reader is not None
+    done = sum(opened.done)
+    log.warning(
+        "%s: the open batch (%d lines, %d of its requests in Matomo) cannot be read again as"
+        " it was; importing what is there now as a new batch: up to %d requests may be"
+        " counted twice",
+        source.name,
+        opened.lines,
+        done,
+        done,
+    )
+    report.uncertain += 1
+    source._commit(source.reader.committed, document={"open_batch": None}, add_uncertain_batches=1)
+    return True

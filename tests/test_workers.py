@@ -1,0 +1,274 @@
+"""K importers side by side on one batch, committed per partition (matomo_rt.workers).
+
+Against the import_logs.py double, as real processes: one worker fails with `--skip=N`, hangs
+until its timeout, or is refused by Matomo, while the others finish; Matomo is down and back.
+After each, the next pass sends only what the failed partition lacks: nothing lost, and
+duplicates only from a run killed in flight. The record file is what Matomo holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+
+from matomo_rt.matomo import importer
+from matomo_rt.partition import json_ip, split
+from matomo_rt.store import StateError
+from tests.test_pipeline import Rig, lines_of, make_rig, one_pass
+
+SMALL_POSTS = ("--enable-http-errors", "--enable-http-redirects", "--recorder-max-payload-size=2")
+
+
+@pytest.fixture
+def rig(tmp_path, monkeypatch) -> Rig:
+    return make_rig(tmp_path, monkeypatch)
+
+
+def partitions(data: list[bytes], k: int) -> list[list[bytes]]:
+    """The lines each of k workers gets (the test log has no line the Guard changes)."""
+    return [[data[i] for i in part] for part in split(data, k, json_ip)]
+
+
+def path_of(line: bytes) -> str:
+    return json.loads(line)["path"]
+
+
+def tally(written: list[bytes], recorded: list[bytes]) -> tuple[int, int]:
+    want, got = Counter(written), Counter(recorded)
+    assert set(got) <= set(want), "recorded a line never written"
+    lost = sum(max(n - got[x], 0) for x, n in want.items())
+    dups = sum(max(n - want[x], 0) for x, n in got.items())
+    return lost, dups
+
+
+def in_visitor_order(recorded: list[bytes]) -> bool:
+    """Each visitor's hits were recorded in the order of the log."""
+    by_ip: dict[str, list[int]] = defaultdict(list)
+    for line in recorded:
+        record = json.loads(line)
+        by_ip[record["ip"]].append(int(record["path"].rsplit("/", 1)[1]))
+    return all(seq == sorted(seq) for seq in by_ip.values())
+
+
+def open_batch(rig: Rig) -> Any:
+    return rig.state_doc().get("open_batch")
+
+
+def state_format(rig: Rig) -> int:
+    return rig.state_doc()["format"]
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_a_backlog_is_split_by_visitor_and_imported_once(rig: Rig, k: int) -> None:
+    config = rig.write_config(batch_lines=10, workers=k)
+    data = lines_of(0, 10 * k)  # one batch of k runs' worth
+    rig.append(data)
+    report = one_pass(config)
+    assert report.outcome == importer.SUCCESS and report.caught_up
+    assert report.batches == 1 and report.committed_lines == report.imported == len(data)
+    assert len(rig.starts()) == k  # k importers
+    assert all("--recorders=1" in c["argv"] for c in rig.starts())
+    assert tally(data, rig.recorded()) == (0, 0)
+    assert in_visitor_order(rig.recorded())
+    assert rig.offset() == rig.log.stat().st_size
+    assert open_batch(rig) is None and state_format(rig) == 1
+    assert rig.stats()["worker_runs"] == {"success": k}
+    assert rig.stats()["lines_read"] == len(data)
+
+
+def test_a_small_batch_keeps_one_importer(rig: Rig) -> None:
+    """A live log's few new lines: one run, not K start-ups."""
+    config = rig.write_config(batch_lines=10, workers=4)
+    data = lines_of(0, 7)
+    rig.append(data)
+    assert one_pass(config).outcome == importer.SUCCESS
+    assert len(rig.starts()) == 1 and rig.recorded() == data
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_one_worker_fails_with_skip_and_the_retry_sends_only_its_rest(rig: Rig, k: int) -> None:
+    config = rig.write_config(batch_lines=10, workers=k, flags=SMALL_POSTS)
+    data = lines_of(0, 10 * k)
+    rig.append(data)
+    parts = partitions(data, k)
+    victim = max(range(k), key=lambda p: len(parts[p]))
+    # POSTs of 2: the one holding the victim's 4th and 5th line fails: --skip=4 there.
+    rig.set_control(fatal_at_path=path_of(parts[victim][4]))
+    report = one_pass(config)
+    assert report.outcome == importer.PARTIAL and "HTTP Error 500" in (report.error or "")
+    held = [x for p in range(k) if p != victim for x in parts[p]] + parts[victim][:4]
+    assert sorted(rig.recorded()) == sorted(held)
+    if k == 1:  # the unpartitioned path: the position moves past the 4 lines
+        assert rig.offset() == len(b"".join(data[:4]))
+    else:
+        assert rig.offset() == 0  # the batch is open
+        assert open_batch(rig)["done"][victim] == 4 and state_format(rig) == 2
+        assert [d == s for d, s in zip(open_batch(rig)["done"], open_batch(rig)["sizes"])] == [
+            p != victim for p in range(k)
+        ]
+
+    rig.clear_control()
+    starts = len(rig.starts())
+    report = one_pass(config)
+    assert report.outcome == importer.SUCCESS and report.caught_up
+    assert len(rig.starts()) == starts + 1  # only the victim's partition again
+    ends = [c for c in rig.call_log() if c["event"] == "end"]
+    assert ends[-1]["recorded"] == len(parts[victim]) - 4  # its rest, nothing else
+    assert tally(data, rig.recorded()) == (0, 0)
+    assert in_visitor_order(rig.recorded())
+    assert rig.offset() == rig.log.stat().st_size
+    assert open_batch(rig) is None and state_format(rig) == 1
+    assert rig.stats()["lines_read"] == len(data)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("policy", ["resend", "skip"])
+def test_one_worker_hangs_until_its_timeout(rig: Rig, k: int, policy: str) -> None:
+    config = rig.write_config(
+        batch_lines=10, workers=k, flags=SMALL_POSTS, timeout="2s", on_uncertain=policy
+    )
+    data = lines_of(0, 10 * k)
+    rig.append(data)
+    parts = partitions(data, k)
+    victim = max(range(k), key=lambda p: len(parts[p]))
+    rig.set_control(hang_at_path=path_of(parts[victim][3]))  # its 2nd POST: line 2 recorded
+    report = one_pass(config)
+    assert report.outcome == importer.UNCERTAIN and "timed out" in (report.error or "")
+    assert report.uncertain == 1 and rig.stats()["uncertain_batches"] == 1
+    assert sorted(rig.recorded()) == sorted(
+        [x for p in range(k) if p != victim for x in parts[p]] + parts[victim][:3]
+    )
+    rig.clear_control()
+    report = one_pass(config)
+    assert report.outcome == importer.SUCCESS and report.caught_up
+    lost, dups = tally(data, rig.recorded())
+    if policy == "resend":
+        # Only the hung run's lines come twice: those it had sent before it hung.
+        assert (lost, dups) == (0, 3)
+        assert Counter(rig.recorded()) - Counter(data) == Counter(parts[victim][:3])
+    else:
+        # Nothing twice; what the hung run had not sent is missing (at most its partition).
+        assert (lost, dups) == (len(parts[victim]) - 3, 0)
+    assert rig.offset() == rig.log.stat().st_size and open_batch(rig) is None
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_one_worker_refused_by_matomo(rig: Rig, k: int) -> None:
+    config = rig.write_config(batch_lines=10, workers=k)
+    data = lines_of(0, 10 * k)
+    rig.append(data)
+    parts = partitions(data, k)
+    victim = 0
+    rig.set_control(refuse_paths=[path_of(x) for x in parts[victim]])
+    report = one_pass(config)
+    assert report.outcome == importer.REFUSED and "write access" in (report.error or "")
+    assert sorted(rig.recorded()) == sorted(x for p in range(1, k) for x in parts[p])
+    assert open_batch(rig)["done"][victim] == 0
+    assert rig.stats()["worker_runs"] == {"success": k - 1, "refused": 1}
+
+    rig.clear_control()
+    assert one_pass(config).outcome == importer.SUCCESS
+    assert tally(data, rig.recorded()) == (0, 0)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_matomo_down_then_back(rig: Rig, k: int) -> None:
+    """Down: every run fails before sending; nothing held, no batch left open. After that
+    failure one importer tries first, so a Matomo that is still down sees one run."""
+    config = rig.write_config(batch_lines=10, workers=k)
+    data = lines_of(0, 10 * k)
+    rig.append(data)
+    rig.set_control(fail="unreachable")
+    report = one_pass(config)
+    assert report.outcome == importer.FAILED and "Connection refused" in (report.error or "")
+    assert len(rig.starts()) == k and rig.recorded() == []
+    assert rig.offset() == 0 and open_batch(rig) is None
+
+    report = one_pass(config)  # still down: one careful run
+    assert report.outcome == importer.FAILED and len(rig.starts()) == k + 1
+
+    rig.clear_control()
+    report = one_pass(config)
+    assert report.outcome == importer.SUCCESS and report.caught_up
+    assert len(rig.starts()) == 2 * k + 1  # the careful one, then the rest side by side
+    assert tally(data, rig.recorded()) == (0, 0)
+    assert rig.offset() == rig.log.stat().st_size
+
+
+def test_the_workers_of_an_open_batch_do_not_change(rig: Rig, caplog) -> None:
+    config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
+    data = lines_of(0, 20)
+    rig.append(data)
+    parts = partitions(data, 2)
+    rig.set_control(fatal_at_path=path_of(parts[1][2]))
+    assert one_pass(config).outcome == importer.PARTIAL
+    assert open_batch(rig)["workers"] == 2
+
+    rig.clear_control()
+    more = lines_of(20, 60)
+    rig.append(more)
+    config = rig.write_config(batch_lines=10, workers=4, flags=SMALL_POSTS)
+    with caplog.at_level(logging.INFO, logger="matomo_rt.workers"):
+        report = one_pass(config)
+    assert "with the 2 workers it was started with" in caplog.text
+    assert report.outcome == importer.SUCCESS and report.caught_up
+    assert tally(data + more, rig.recorded()) == (0, 0)
+    # The open batch's rest (1 run), then the new lines with 4 workers.
+    assert len(rig.starts()) == 2 + 1 + 4
+
+
+def test_an_open_batch_whose_lines_changed_is_imported_again_and_said(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retry must find the same bytes; if the file was replaced under it, the finished
+    partitions cannot be told apart: everything is sent again, counted as uncertain."""
+    config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
+    data = lines_of(0, 20)
+    rig.append(data)
+    parts = partitions(data, 2)
+    rig.set_control(fatal_at_path=path_of(parts[0][2]))
+    assert one_pass(config).outcome == importer.PARTIAL
+    before = len(rig.recorded())
+    doc = rig.state_doc()
+    doc["open_batch"]["digest"] = "0" * 64  # as if other bytes were there now
+    (rig.state / "web.state.json").write_text(json.dumps(doc))
+
+    rig.clear_control()
+    with caplog.at_level(logging.WARNING):
+        report = one_pass(config)
+    assert "cannot be read again as it was" in caplog.text
+    assert report.outcome == importer.SUCCESS and report.uncertain == 1
+    lost, dups = tally(data, rig.recorded())
+    assert lost == 0 and dups == before
+    assert rig.stats()["uncertain_batches"] == 1 and open_batch(rig) is None
+
+
+def test_a_damaged_open_batch_is_a_loud_error(rig: Rig) -> None:
+    config = rig.write_config(batch_lines=10, workers=2)
+    rig.append(lines_of(0, 5))
+    assert one_pass(config).outcome == importer.SUCCESS
+    doc = rig.state_doc()
+    doc["open_batch"] = {"version": 1, "workers": 2, "lines": "ten"}
+    doc["format"] = 2
+    (rig.state / "web.state.json").write_text(json.dumps(doc))
+    with pytest.raises(StateError, match="open batch in the state file is damaged"):
+        one_pass(config)
+
+
+def test_a_state_without_an_open_batch_from_the_previous_version_loads(rig: Rig) -> None:
+    """Version 1 state (no open_batch key, format 1) resumes with K workers."""
+    config = rig.write_config(batch_lines=10, workers=1)
+    data = lines_of(0, 5)
+    rig.append(data)
+    assert one_pass(config).outcome == importer.SUCCESS
+    doc = rig.state_doc()
+    assert doc["format"] == 1 and "open_batch" not in doc
+    more = lines_of(5, 45)
+    rig.append(more)
+    config = rig.write_config(batch_lines=10, workers=4)
+    assert one_pass(config).caught_up
+    assert tally(data + more, rig.recorded()) == (0, 0)
