@@ -66,5 +66,5 @@ def test_example_loads_with_the_documented_defaults() -> None:
 def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = ".venv/bin/python -m pytest -q"
+    command = ".venv/bin/python -m pytest -q -n 4"
     assert command in readme and command in ci

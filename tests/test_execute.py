@@ -190,6 +190,7 @@ def test_stdin_accepts_bytearray_and_memoryview() -> None:
     assert result.stdout == b"abcdef\n"
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize(
     "code, expected",
     [
@@ -243,6 +244,7 @@ SPAWNS_GRANDCHILD = """
 """
 
 
+@pytest.mark.timing
 def test_timeout_kills_the_whole_group_including_grandchild() -> None:
     start = time.monotonic()
     result = run(py(SPAWNS_GRANDCHILD, "obey-term"), timeout=0.5, grace=2)
@@ -255,6 +257,7 @@ def test_timeout_kills_the_whole_group_including_grandchild() -> None:
     assert "timed out after" in result.describe()
 
 
+@pytest.mark.timing
 def test_timeout_escalates_to_sigkill_when_sigterm_is_ignored() -> None:
     start = time.monotonic()
     result = run(py(SPAWNS_GRANDCHILD, "ignore-term"), timeout=0.5, grace=0.3)

@@ -592,6 +592,7 @@ def test_ages(delta: float, text: str) -> None:
     assert status.age(None, NOW) == "never"
 
 
+@pytest.mark.timing
 def test_collect_is_fast_enough_for_every_scrape(tmp_path: Path) -> None:
     config = make_config(tmp_path, names=tuple(f"log{i}" for i in range(20)))
     for i in range(20):

@@ -15,7 +15,9 @@ IMPORT_DOUBLE_RECORD   file; the original bytes of every line Matomo would hold 
                        batch by batch, flushed and fsync'd like a committed bulk POST.
 IMPORT_DOUBLE_CALLS    file; one JSON line at start {"event": "start", "pid", "argv",
                        "token_auth"} and one at the end {"event": "end", "pid", "exit",
-                       "recorded"} (no end line: the process was killed or hangs).
+                       "recorded"} (no end line: the process was killed or hangs); and
+                       {"event": "hang", "pid"} when it starts to wait forever (a simulated
+                       hang), so a test knows the hang was reached before a timeout.
 IMPORT_DOUBLE_CONTROL  JSON file read at start:
     sites          {host: idsite}; default: every host belongs to site 1.
     valid_tokens   [token, ...]; default: any non-empty token. Another token acts as "auth".
@@ -222,6 +224,9 @@ class Journal:
         self._append_call(
             {"event": "start", "pid": os.getpid(), "argv": argv, "token_auth": _token_on(argv)}
         )
+
+    def hung(self) -> None:
+        self._append_call({"event": "hang", "pid": os.getpid()})
 
     def end(self, code: int) -> None:
         with self._lock:
@@ -603,6 +608,9 @@ class Recorder:
                         self.importer.fatal(str(exc), post[0].filename, post[0].lineno)
                 self.queue.task_done()
                 self.done.set()
+        except BaseException:
+            self.importer.journal.hung()  # the main thread will wait for this thread forever
+            raise
         finally:
             self.alive = False
             self.done.set()
@@ -808,6 +816,7 @@ class Importer:
         control = self.control
         if control.fail == "hang" and self.static_site is not None:
             # With --idsite no API call happens here: the POST itself never gets an answer.
+            self.journal.hung()
             threading.Event().wait()
         if control.fatal_after is not None and any(h.lineno >= control.fatal_after for h in hits):
             self._retrying(
@@ -833,6 +842,7 @@ class Importer:
         if hang_at is not None and any(h.lineno >= hang_at for h in hits):
             to_record = [(h, r) for h, r in to_record if h.lineno < hang_at]
             self.journal.record([h.raw for h, _ in to_record])
+            self.journal.hung()
             threading.Event().wait()  # blocked inside the POST, forever
         refused = [
             i

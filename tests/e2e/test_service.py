@@ -173,6 +173,7 @@ def test_term_while_the_scheduler_submits_jobs_stops(rig):
 BATCH = 20
 
 
+@pytest.mark.timing
 def test_term_with_a_batch_in_flight_stops_within_stop_timeout(rig):
     log = rig.logs / "access.log"
     written = lines("t", 0, 12)
@@ -460,6 +461,7 @@ def test_archive_outcomes(rig, mode, code, outcome):
         assert "WARNING" in done.stderr
 
 
+@pytest.mark.timing
 def test_archive_hang_times_out(rig):
     rig.write_config([("access", rig.logs / "access.log")], archive_timeout="1s")
     rig.set_archive_control({"mode": "hang"})

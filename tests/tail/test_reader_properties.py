@@ -8,12 +8,11 @@ written ones: none lost, none twice, each generation in order.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -112,10 +111,6 @@ class ReaderMachine(RuleBasedStateMachine):
         assert not stray, f"committed lines never written (cut or merged): {stray[:3]}"
 
 
-ReaderMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("MATOMO_RT_EXAMPLES", "150")),
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+# How many examples: the hypothesis profile (tests/conftest.py; HYPOTHESIS_PROFILE=ci for more).
+ReaderMachine.TestCase.settings = settings(stateful_step_count=40)
 TestReaderProperties = ReaderMachine.TestCase
