@@ -425,13 +425,13 @@ HANG_TIMEOUTS = ("0.4s", "1.5s", "6s")
 
 
 def hung_pass(rig: Rig, **config: Any) -> tuple[Config, PassReport]:
-    """One pass whose importer reached its simulated hang before `import.timeout` ended it."""
+    """One pass whose importer reached its simulated hang before `import.timeout` ended it;
+    and the config for the passes after it, with the usual timeout."""
     for timeout in HANG_TIMEOUTS:
-        loaded = rig.write_config(timeout=timeout, **config)
-        report = one_pass(loaded)
+        report = one_pass(rig.write_config(timeout=timeout, **config))
         hung = [c for c in rig.call_log() if c["event"] == "hang"]
         if hung:
-            return loaded, report
+            return rig.write_config(**config), report
         for start in rig.starts():  # too slow to start: clean slate, longer timeout
             wait_for("the timed-out importer to exit", lambda s=start: process_gone(s["pid"]))
         shutil.rmtree(rig.state)
