@@ -7,8 +7,11 @@ the run finished but logged warnings: a warning, not a failure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +73,48 @@ def archive_paths(config: Config) -> tuple[Path, Path]:
     return config.state.dir / "archive.state.json", config.state.dir / "archive.lock"
 
 
-def run_archive(config: Config) -> ArchiveResult:
-    """Run core:archive once (never two at once) and record the outcome for `status`."""
+class _Progress:
+    """While core:archive runs: its elapsed time, so a one-shot run is not minutes of silence.
+
+    On a terminal one line is rewritten every second; elsewhere (cron, a pipe) a log line every
+    PROGRESS_EVERY seconds.
+    """
+
+    PROGRESS_EVERY = 10.0
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.done = threading.Event()
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="archive-progress", daemon=True)
+
+    def _run(self) -> None:
+        every = 1.0 if self.tty else self.PROGRESS_EVERY
+        while not self.done.wait(every):
+            elapsed = time.monotonic() - self.started
+            if self.tty:
+                sys.stderr.write(f"\rcore:archive: running for {elapsed:.0f}s ")
+                sys.stderr.flush()
+            else:
+                log.info("core:archive: still running (%.0fs)", elapsed)
+
+    def __enter__(self) -> _Progress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        if self.tty and time.monotonic() - self.started >= 1.0:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def run_archive(config: Config, progress: bool = False) -> ArchiveResult:
+    """Run core:archive once (never two at once) and record the outcome for `status`.
+
+    `progress`: show the elapsed time while it runs (the one-shot command does).
+    """
     matomo = config.matomo
     if matomo.url is None or matomo.console is None:
         raise ConfigError([f"{config.source.name}: matomo.url and matomo.path: needed to archive"])
@@ -80,8 +123,11 @@ def run_archive(config: Config) -> ArchiveResult:
     with SourceLock(lock_path):
         argv = build_argv(matomo.php, matomo.console, matomo.url, config.archive.flags)
         started = time.time()
+        if progress:
+            log.info("core:archive: started (it may take minutes on a large Matomo)")
         try:
-            done = execute.run(argv, timeout=config.archive.timeout, cwd=str(matomo.path))
+            with _Progress() if progress else contextlib.nullcontext():
+                done = execute.run(argv, timeout=config.archive.timeout, cwd=str(matomo.path))
             log.debug("%s", done.describe())
             for line in done.stdout.decode("utf-8", "replace").splitlines()[-20:]:
                 log.debug("core:archive: %s", line)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the work failed (importer, archiver); the reason is logged
 EXIT_USAGE = 2  # bad command line
+EXIT_DATAERR = 65  # most recent lines of a log are not in the format matomo-rt reads
 EXIT_NOINPUT = 66  # the log file is missing or unreadable
 EXIT_CANTCREAT = 73  # the state cannot be written
 EXIT_TEMPFAIL = 75  # another matomo-rt holds the source's lock: try again later
@@ -83,7 +84,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     from matomo_rt.archiver import FAILURE, TIMEOUT, run_archive
 
     config = _load_config(args)
-    result = run_archive(config)
+    result = run_archive(config, progress=True)
     return EXIT_FAILURE if result.outcome in (FAILURE, TIMEOUT) else EXIT_OK
 
 
@@ -157,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="One pass over every configured log (or those named with --log): read new "
         "lines, check them, hand them to import_logs.py in bounded batches, and commit each "
         "batch only once Matomo holds it. Exit codes: 0 caught up, 1 an import failed (the "
-        "offset was kept; it is retried next time), 75 another matomo-rt works on a log, "
-        "77 Matomo refused the token, 78 invalid configuration.",
+        "offset was kept; it is retried next time), 65 most recent lines of a log were "
+        "quarantined (the log is in another format), 66 a log file is missing or unreadable, "
+        "73 the state cannot be written, 75 another matomo-rt works on a log, 77 Matomo refused "
+        "the token, 78 invalid configuration.",
     )
     imp.add_argument("--log", action="append", metavar="NAME", help="only this log (repeatable)")
     imp.add_argument(
@@ -204,9 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     stat = sub.add_parser(
         "status",
         help="per log: position, lag, last success and error, totals; last archive",
-        description="Show what every log's state says, also while the service runs. Exit "
-        "codes: 0 all well, 1 a log's last import failed, imports are paused, or the last "
-        "archive failed.",
+        description="Show what every log's state says, also while the service runs, and the "
+        "health verdict: every problem (a log missing, unreadable, in the wrong format or "
+        "stalled; hosts matching no site; imports failing or paused; core:archive failing or "
+        "stale) with what to do. Exit codes: 0 all healthy, 1 at least one problem.",
     )
     stat.add_argument("--json", action="store_true", help="machine-readable output")
     stat.set_defaults(func=_cmd_status)

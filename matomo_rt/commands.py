@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Optional
 
+from matomo_rt import health
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.matomo import importer
 from matomo_rt.pipeline import PassReport, Source, open_sources
@@ -15,7 +16,8 @@ from matomo_rt.tail import LockedError
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILURE, EXIT_TEMPFAIL, EXIT_NOPERM, EXIT_CONFIG = 0, 1, 75, 77, 78
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 78
+EXIT_DATAERR, EXIT_NOINPUT, EXIT_TEMPFAIL, EXIT_NOPERM = 65, 66, 75, 77
 PROGRESS_MIN_BYTES = 64 << 20
 
 
@@ -80,6 +82,13 @@ def _import_one(source: Source) -> int:
         if report.error is not None or report.caught_up:
             break
     progress.finish()
+    if report.file_problem is not None:
+        # README: 66 for a log that is missing or unreadable; rotated files found beside a
+        # missing one were imported above all the same.
+        kind, reason = report.file_problem
+        path = str(source.log_config.path)
+        log.error("%s: %s", source.name, health.describe_file(kind, reason, path).line())
+        return EXIT_NOINPUT
     if report.error is not None:
         log.error("%s: %s", source.name, report.error)
         if report.outcome == importer.AUTH:
@@ -95,13 +104,23 @@ def _import_one(source: Source) -> int:
         total.quarantined,
         total.batches,
     )
+    for problem in source.verdict().problems:
+        if problem.kind == health.WRONG_FORMAT:
+            log.error("%s: %s", source.name, problem.line())
+            return EXIT_DATAERR
     return EXIT_OK
 
 
 def _severity(code: int) -> int:
-    return {EXIT_OK: 0, EXIT_TEMPFAIL: 1, EXIT_FAILURE: 2, EXIT_NOPERM: 3, EXIT_CONFIG: 4}.get(
-        code, 2
-    )
+    return {
+        EXIT_OK: 0,
+        EXIT_TEMPFAIL: 1,
+        EXIT_FAILURE: 2,
+        EXIT_DATAERR: 2,
+        EXIT_NOINPUT: 3,
+        EXIT_NOPERM: 4,
+        EXIT_CONFIG: 5,
+    }.get(code, 2)
 
 
 def run_seek(config: Config, name: str, to: str) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from matomo_rt.errors import ConfigError
+from matomo_rt.health import Settings as HealthConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,6 +112,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def log(self, name: str) -> LogConfig:
         for log in self.logs:
@@ -243,6 +245,12 @@ def _workers(value: Any) -> int:
     if count > MAX_WORKERS:
         raise ValueError(f"{value!r}: at most {MAX_WORKERS} (Matomo serves the imports)")
     return count
+
+
+def _share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError("must be a share between 0 and 1, such as 0.5")
+    return float(value)
 
 
 def _path(value: Any) -> Path:
@@ -394,7 +402,16 @@ def load(path: Path) -> Config:
 
 def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
     base = path.parent
-    known_tables = {"matomo", "import", "logs", "archive", "state", "metrics", "service"}
+    known_tables = {
+        "matomo",
+        "import",
+        "logs",
+        "archive",
+        "state",
+        "metrics",
+        "service",
+        "health",
+    }
     for key in sorted(set(data) - known_tables):
         loader.error(key, "unknown key")
 
@@ -465,6 +482,16 @@ def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
     service = ServiceConfig(stop_timeout=t.get("stop_timeout", parse_duration, 30.0))
     t.finish()
 
+    t = loader.table(data, "health")
+    d3 = HealthConfig()
+    health = HealthConfig(
+        stalled_after=t.get("stalled_after", parse_duration, d3.stalled_after),
+        wrong_format_share=t.get("wrong_format_share", _share, d3.wrong_format_share),
+        unmatched_share=t.get("unmatched_share", _share, d3.unmatched_share),
+        archive_stale_after=t.get("archive_stale_after", parse_duration, d3.archive_stale_after),
+    )
+    t.finish()
+
     return Config(
         source=path,
         matomo=matomo,
@@ -474,6 +501,7 @@ def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
         state=state,
         metrics=metrics,
         service=service,
+        health=health,
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from matomo_rt import execute, workers
+from matomo_rt import execute, health, workers
 from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.guard import GuardResult, Quarantine, guarded_chunks
 from matomo_rt.matomo import importer
@@ -27,9 +27,11 @@ from matomo_rt.tail.position import Position, lag_bytes
 
 log = logging.getLogger(__name__)
 
-AUTH_PAUSE_SECONDS = 3600.0
+AUTH_PAUSE_SECONDS = health.AUTH_PAUSE_SECONDS
 MAX_BACKOFF_SECONDS = 900.0
 QUIET_SUCCESS_SECONDS = 60.0
+#: A pass's outcome when the live file cannot be read (see PassReport.file_problem).
+FILE_PROBLEM = "file"
 #: Longer lines are quarantined (their first 64 KiB) without being held in memory. nginx's
 #: longest line (8 KiB request line, referrer and user agent, JSON-escaped) is far below.
 MAX_LINE_BYTES = 1 << 20
@@ -51,6 +53,8 @@ class PassReport:
     error: Optional[str] = None
     caught_up: bool = False
     unmatched_hosts: set[str] = field(default_factory=set)
+    #: (problem kind, reason) when the live file is missing or cannot be read.
+    file_problem: Optional[tuple[str, str]] = None
 
 
 def _count(value: Any) -> int:
@@ -98,6 +102,7 @@ class Source:
         self.quarantine = Quarantine(quarantine_path, self.name)
         self.lock = SourceLock(self.lock_path)
         self.reader: Optional[LogReader] = None
+        self.health = health.LogHealth()
         self.consecutive_failures = 0
         self.retry_at = 0.0
         self.unsaved = False
@@ -122,6 +127,7 @@ class Source:
         except BaseException:
             self.lock.release()
             raise
+        self.health = health.LogHealth.from_json(self.stats.get("health"))
         return self
 
     def _quarantine_oversized(self, head: bytes, length: int) -> None:
@@ -159,6 +165,18 @@ class Source:
         assert self.reader is not None
         extra = {**(document or {})}
         stats = self.stats
+        hosts = updates.pop("unmatched_hosts", ())
+        lines = int(updates.get("add_lines_read", 0))
+        if lines:
+            self.health.note_batch(
+                self.clock(),
+                lines,
+                int(updates.get("add_quarantined", 0)),
+                int(updates.get("add_imported", 0)),
+                int(updates.get("add_unmatched", 0)),
+                tuple(hosts),
+            )
+        stats["health"] = self.health.to_json()
         for key, value in updates.items():
             if key.startswith("add_"):
                 name = key[4:]
@@ -203,13 +221,10 @@ class Source:
 
     def auth_paused(self) -> Optional[str]:
         """Why imports are paused after Matomo refused the token, or None."""
-        pause = self.stats.get("auth_pause")
-        if not isinstance(pause, dict):
-            return None
-        if pause.get("key") != auth_key(self.config.matomo.url, self.token):
-            return None  # URL or token changed since: try again
-        until = float(pause.get("until", 0))
-        if self.clock() >= until:
+        until = health.pause_until(
+            self.stats, auth_key(self.config.matomo.url, self.token), self.clock()
+        )
+        if until is None:
             return None
         return (
             f"Matomo refused the token; paused until "
@@ -238,6 +253,16 @@ class Source:
         if paused:
             report.outcome, report.error = importer.AUTH, paused
             return report
+        report.file_problem = health.probe_file(self.log_config.path)
+        if self.health.note_file(self.clock(), report.file_problem):
+            self._save_health()
+        if report.file_problem is not None and report.file_problem[0] != health.LOG_MISSING:
+            # Unreadable or not a file: nothing to read until someone fixes it. No backoff:
+            # the check costs a stat, and the fix is seen at the next tick.
+            kind, reason = report.file_problem
+            report.outcome = FILE_PROBLEM
+            report.error = health.describe_file(kind, reason, str(self.log_config.path)).line()
+            return report
         limit = max_batches or self.config.import_.max_batches_per_tick
         while report.batches < limit and not should_stop():
             imp = self.config.import_
@@ -251,9 +276,11 @@ class Source:
             if batch.lines == 0 and opened is None:
                 now = self.clock()
                 quiet_since = now - float(self.stats.get("last_success") or 0)
-                if report.batches == 0 and quiet_since >= QUIET_SUCCESS_SECONDS:
+                readable = report.file_problem is None
+                if readable and report.batches == 0 and quiet_since >= QUIET_SUCCESS_SECONDS:
                     # Caught up is a success too: a quiet site must not look stuck to
-                    # monitoring. Recorded at most once a minute to spare the disk.
+                    # monitoring (but a missing log is no success). Recorded at most once a
+                    # minute to spare the disk.
                     self._commit(batch.end, last_success=now)
                 elif batch.end != self.reader.committed:
                     self._commit(batch.end)
@@ -277,6 +304,7 @@ class Source:
         if report.error is None:
             self.consecutive_failures = 0
             self.retry_at = 0.0
+            self.health.failures, self.health.retry_at = 0, None
         else:
             self.back_off()
         return report
@@ -289,6 +317,17 @@ class Source:
             MAX_BACKOFF_SECONDS,
         )
         self.retry_at = self.clock() + delay
+        self.health.failures, self.health.retry_at = self.consecutive_failures, self.retry_at
+        self._save_health()
+
+    def _save_health(self) -> None:
+        """Persist a changed health fact (file problem, backoff) for `status` to see."""
+        if self.dry_run or self.reader is None or self.unsaved:
+            return
+        try:
+            self._commit(self.reader.committed)
+        except StateError as exc:
+            log.debug("%s: cannot record health facts: %s", self.name, exc)
 
     def _import_batch(self, batch: Batch, report: PassReport) -> bool:
         """Hand one batch to the importer and commit what its outcome allows."""
@@ -440,6 +479,8 @@ class Source:
             "add_lines_read": lines,
             "add_imported": result.held if result.outcome == importer.SUCCESS else sent,
             "add_refused": result.refused_hits,
+            "add_unmatched": result.counts.get("no_site", 0),
+            "unmatched_hosts": result.unmatched_hosts,
             "add_ignored": result.ignored,
             "add_quarantined": quarantined,
             "add_normalised": checked.normalised,
@@ -478,6 +519,25 @@ class Source:
                 result.counts.get("no_site", 0),
                 ", ".join(sorted(result.unmatched_hosts)[:10]),
             )
+
+    def verdict(self) -> health.Verdict:
+        """This log's health from what this process knows (its memory, not the state file)."""
+        assert self.reader is not None
+        file = self.health.file
+        return health.judge_log(
+            health.log_facts(
+                self.name,
+                str(self.log_config.path),
+                self.reader.document,
+                file_now=(file["kind"], str(file.get("reason", ""))) if file else None,
+                lag_bytes=self.lag_bytes(),
+                token_key=auth_key(self.config.matomo.url, self.token),
+                recorded=self.health,
+                now=self.clock(),
+            ),
+            self.clock(),
+            self.config.health,
+        )
 
     def lag_bytes(self) -> Optional[int]:
         """Bytes of the live file not yet committed (rotated leftovers not counted)."""

@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from matomo_rt import execute
+from matomo_rt import execute, health
 from matomo_rt.archiver import run_archive
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.config import load as load_config
@@ -49,6 +50,20 @@ def sd_notify(message: str) -> None:
             sock.sendall(message.encode())
     except OSError as exc:
         log.debug("sd_notify failed: %s", exc)
+
+
+class _SkippedTickFilter(logging.Filter):
+    """APScheduler says a tick was skipped because the job still runs at WARNING, which looks
+    like a fault: it is the normal sign of a long pass (a backlog, a slow Matomo). The service
+    says so once at INFO (see Service._on_skipped); the scheduler's line goes to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "maximum number of running instances" in str(
+            record.msg
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
 
 
 class Service:
@@ -77,8 +92,29 @@ class Service:
             job_defaults={"max_instances": 1, "coalesce": True},
         )
         self.metrics_server: Any = None
+        #: The problem kinds each log had at its last tick: a change is logged once.
+        self._problems: dict[str, frozenset[str]] = {}
+        #: Jobs whose running pass outlasted a tick (said once per pass).
+        self._overran: set[str] = set()
+        scheduler_log = logging.getLogger("apscheduler.scheduler")
+        if not any(isinstance(f, _SkippedTickFilter) for f in scheduler_log.filters):
+            scheduler_log.addFilter(_SkippedTickFilter())
+        self.scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
 
     # -- jobs ----------------------------------------------------------------------------
+
+    def _on_skipped(self, event: JobSubmissionEvent) -> None:
+        """A tick came while the job's previous run still works: say so once per run."""
+        with self._active_cond:
+            if event.job_id in self._overran:
+                return
+            self._overran.add(event.job_id)
+        what = "core:archive" if event.job_id == "archive" else event.job_id.split(":", 1)[-1]
+        log.info(
+            "%s: the running pass takes longer than the interval (a backlog or a slow Matomo);"
+            " the next one starts when it is done",
+            what,
+        )
 
     def _job(self, name: str, func: Any, *args: Any) -> None:
         """Run a job body unless stopping/reloading; count it so stop and reload can wait."""
@@ -96,10 +132,31 @@ class Service:
             with self._active_cond:
                 self._active -= 1
                 self._importing -= importing
+                self._overran.discard(_job_id(name))
                 self._active_cond.notify_all()
             self._after_job()
 
     def _import_tick(self, source: Source) -> None:
+        try:
+            self._import_pass(source)
+        finally:
+            self._log_health(source)
+
+    def _log_health(self, source: Source) -> None:
+        """Log a change of the log's health once: ERROR on the way in, INFO on recovery."""
+        if source.reader is None:
+            return
+        verdict = source.verdict()
+        before = self._problems.get(source.name, frozenset())
+        for problem in verdict.problems:
+            # Failed imports and a refused token are logged where they happen.
+            if problem.kind not in before and problem.kind not in _LOGGED_WHERE_THEY_HAPPEN:
+                log.error("%s: %s", source.name, problem.line())
+        for kind in sorted(before - verdict.kinds()):
+            log.info("%s: recovered: %s", source.name, _RECOVERED.get(kind, kind))
+        self._problems[source.name] = verdict.kinds()
+
+    def _import_pass(self, source: Source) -> None:
         if time.time() < source.retry_at:
             return  # backing off after a failure
         # A reload, like a stop, waits for the running batch only, not the rest of a backlog.
@@ -357,6 +414,24 @@ class Service:
             log.info("reloaded %s: %d logs", self.config_path, len(self.sources))
             sd_notify("READY=1")
             return True
+
+
+_LOGGED_WHERE_THEY_HAPPEN = frozenset({health.IMPORT_FAILING, health.AUTH_PAUSED})
+_RECOVERED = {
+    health.LOG_MISSING: "the log file is back",
+    health.LOG_UNREADABLE: "the log file is readable again",
+    health.LOG_NOT_A_FILE: "the log is a file again",
+    health.WRONG_FORMAT: "recent lines are in the expected format again",
+    health.STALLED: "requests reach Matomo again",
+    health.UNMATCHED_HOSTS: "recent requests all match a Matomo site",
+    health.AUTH_PAUSED: "the authentication pause is over",
+    health.IMPORT_FAILING: "imports succeed again",
+}
+
+
+def _job_id(name: str) -> str:
+    """The scheduler's job id of a job named by _schedule ("import access" -> "import:access")."""
+    return "archive" if name == "archive" else name.replace(" ", ":", 1)
 
 
 def _now() -> Any:

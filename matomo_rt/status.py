@@ -9,7 +9,6 @@ the way out, and never hides the others.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -21,9 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from matomo_rt import health
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
-from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, auth_key, state_paths
-from matomo_rt.store import StateError, atomic_write, load_state
+from matomo_rt.pipeline import auth_key, state_paths
+from matomo_rt.store import StateError, atomic_write, load_state, lock_holder
 from matomo_rt.tail.position import lag_bytes
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,12 @@ TOTALS = (
     "ignored",
     "quarantined",
     "normalised",
+    "refused",
+    "unmatched",
     "failed_batches",
     "uncertain_batches",
 )
-#: Archive outcomes that count as a failed run (a "warning" run did archive).
-ARCHIVE_FAILED = ("failure", "timeout")
+ARCHIVE_FAILED = health.ARCHIVE_FAILED
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -57,12 +58,14 @@ def collect(config: Config, now: Optional[float] = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     token_key = _currentauth_key(config)
     logs = [_collect_log(config, log_config, now, token_key) for log_config in config.logs]
+    archive = _collect_archive(config, now)
     return {
         "time": now,
         "config": str(config.source),
         "state_dir": str(config.state.dir),
+        "healthy": all(e["healthy"] for e in logs) and archive["healthy"],
         "logs": logs,
-        "archive": _collect_archive(config, now),
+        "archive": archive,
     }
 
 
@@ -125,6 +128,9 @@ def _collect_log(
         entry["size"] = live.st_size
     except OSError as exc:
         entry["log_problem"] = _os_reason(exc)
+    file_now = health.probe_file(log_config.path)
+    if file_now is not None and file_now[0] == health.LOG_UNREADABLE:
+        file_now = None  # whether the *service* can read it is its own record's word
 
     try:
         document = load_state(state_path)
@@ -142,7 +148,27 @@ def _collect_log(
         entry["note"] = "no state yet: nothing committed (first run pending)"
 
     entry["quarantine"] = _quarantine(quarantine_path)
+    facts = health.log_facts(
+        log_config.name,
+        str(log_config.path),
+        document,
+        state_error=entry["error"],
+        file_now=file_now,
+        lag_bytes=entry["lag_bytes"],
+        token_key=token_key,
+        now=now,
+    )
+    if facts.auth_pause_until is not None:
+        entry["auth_pause"] = {"until": facts.auth_pause_until}
+    _judged(entry, health.judge_log(facts, now, config.health))
     return entry
+
+
+def _judged(entry: dict[str, Any], verdict: health.Verdict) -> None:
+    entry["healthy"] = verdict.healthy
+    entry["problems"] = [
+        {"kind": p.kind, "message": p.message, "fix": p.fix} for p in verdict.problems
+    ]
 
 
 def _read_document(
@@ -156,6 +182,7 @@ def _read_document(
     entry["updated"] = _number(document.get("updated"))
     position = document.get("position")
     current = position.get("current") if isinstance(position, dict) else None
+    entry["read_before"] = isinstance(position, dict) and bool(current or position.get("finished"))
     if isinstance(current, dict):
         entry["offset"] = _number(current.get("offset"))
         entry["file"] = current.get("name") if isinstance(current.get("name"), str) else None
@@ -185,16 +212,6 @@ def _read_document(
             "outcome": str(error.get("outcome", "")),
             "reason": str(error.get("reason", "")),
         }
-    pause = stats.get("auth_pause")
-    if isinstance(pause, dict):
-        # The pipeline leaves the record in place when the pause lifts early: it lifted if
-        # the token changed since, or if an import succeeded after the pause began.
-        until = _number(pause.get("until"))
-        lifted = token_key is not None and pause.get("key") != token_key
-        if until is not None and (entry["last_success"] or 0) > until - AUTH_PAUSE_SECONDS:
-            lifted = True
-        if until is not None and until > now and not lifted:
-            entry["auth_pause"] = {"until": until}
 
 
 def _os_reason(exc: OSError) -> str:
@@ -213,82 +230,6 @@ def _quarantine(path: Path) -> Optional[dict[str, Any]]:
     except OSError as exc:
         return {"path": str(path), "lines": None, "error": _os_reason(exc)}
     return {"path": str(path), "lines": lines}
-
-
-def lock_holder(lock_path: Path) -> tuple[bool, Optional[int]]:
-    """(held, pid): whether a process holds the flock on `lock_path`, and which, if known.
-
-    Looks in /proc/locks first, which takes no lock at all: probing with flock() would hold a
-    shared lock for an instant, long enough to make a starting `import` or service believe
-    another instance runs. The probe is the fallback where /proc/locks cannot answer.
-    """
-    try:
-        st = os.stat(lock_path)
-    except OSError:
-        return False, None  # no lock file: nobody ever held it (or it is unreadable)
-    file_pid = _pid_in(lock_path)
-    entries = _proc_flocks()
-    if entries is not None:
-        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
-        inode_only = False
-        for entry_dev, ino, pid in entries:
-            if ino != st.st_ino:
-                continue
-            if entry_dev == dev:
-                return True, pid or file_pid
-            inode_only = True
-        if not inode_only:
-            return False, None
-        # Same inode on a device /proc/locks names differently (overlayfs reports the
-        # underlying device to stat()): ask flock itself.
-    return _probe(lock_path, file_pid)
-
-
-def _pid_in(lock_path: Path) -> Optional[int]:
-    try:
-        text = lock_path.read_bytes()[:64].decode("ascii", "replace").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _proc_flocks() -> Optional[list[tuple[str, int, int]]]:
-    """(major:minor, inode, pid) of every flock() lock on the system; None if unreadable."""
-    try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
-            lines = fh.readlines()
-    except OSError:
-        return None
-    found = []
-    for line in lines:
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:123456 0 EOF" ("->" marks a waiter)
-        if "->" in fields:
-            continue
-        if len(fields) < 6 or fields[1] != "FLOCK":
-            continue
-        try:
-            major, minor, ino = fields[5].rsplit(":", 2)
-            found.append((f"{int(major, 16):02x}:{int(minor, 16):02x}", int(ino), int(fields[4])))
-        except ValueError:
-            continue
-    return found
-
-
-def _probe(lock_path: Path, file_pid: Optional[int]) -> tuple[bool, Optional[int]]:
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False, None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True, file_pid
-    except OSError:
-        return False, None
-    finally:
-        os.close(fd)  # releases the shared lock at once, if we got it
-    return False, None
 
 
 def _collect_archive(config: Config, now: float) -> dict[str, Any]:
@@ -313,12 +254,27 @@ def _collect_archive(config: Config, now: float) -> dict[str, Any]:
         entry["error"] = str(exc).replace(
             "set the position with `matomo-rt seek`", "the next run writes a new one"
         )
-        return entry
+        document = None
     except OSError as exc:
         entry["error"] = f"{state_path}: cannot read: {_os_reason(exc)}"
-        return entry
-    if document is None:
-        return entry
+        document = None
+    if document is not None:
+        _read_archive(entry, document)
+    run = entry["last_run"] or {}
+    facts = health.ArchiveFacts(
+        enabled=config.archive.enabled,
+        state_error=entry["error"],
+        runs=entry["runs"],
+        last_outcome=run.get("outcome"),
+        last_reason=run.get("reason") or "",
+        last_end=run.get("end"),
+        last_success=entry["last_success"],
+    )
+    _judged(entry, health.judge_archive(facts, now, config.health))
+    return entry
+
+
+def _read_archive(entry: dict[str, Any], document: dict[str, Any]) -> None:
     run = document.get("last_run")
     if isinstance(run, dict):
         entry["last_run"] = {
@@ -332,7 +288,6 @@ def _collect_archive(config: Config, now: float) -> dict[str, Any]:
     for key in ("runs", "failures"):
         value = _number(document.get(key))
         entry[key] = int(value) if value is not None else 0
-    return entry
 
 
 # ------------------------------------------------------------------------------------------
@@ -340,34 +295,10 @@ def _collect_archive(config: Config, now: float) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 
 
-def log_problems(entry: dict[str, Any]) -> list[str]:
-    """Why one log is not fine (empty when it is)."""
-    problems = []
-    if entry.get("error"):
-        problems.append("state file unreadable")
-    error = entry.get("last_error")
-    if error is not None and error["time"] > (entry.get("last_success") or 0):
-        problems.append(f"last import failed ({error['outcome']})")
-    if entry.get("auth_pause"):
-        problems.append("paused: Matomo refused the token")
-    return problems
-
-
-def archive_failed(archive: dict[str, Any]) -> bool:
-    run = archive.get("last_run")
-    return bool(archive.get("error")) or (
-        isinstance(run, dict) and run.get("outcome") in ARCHIVE_FAILED
-    )
-
-
 def status_exit_code(status: dict[str, Any]) -> int:
-    """0 when all is fine; 1 when a log's last import failed (no success since), an auth
-    pause is active, a state file is unreadable, or the last core:archive run failed."""
-    if any(log_problems(entry) for entry in status.get("logs", [])):
-        return 1
-    if archive_failed(status.get("archive") or {}):
-        return 1
-    return 0
+    """0 when every log and the archiver are healthy, else 1 (each problem is printed with
+    what to do)."""
+    return 0 if status.get("healthy") else 1
 
 
 # ------------------------------------------------------------------------------------------
@@ -426,11 +357,17 @@ def render_text(status: dict[str, Any]) -> str:
         lines += _block(f"{entry['name']}  {entry['path']}", _log_rows(entry, now))
         lines.append("")
     lines += _block("archive", _archive_rows(status["archive"], now))
-    problems = [f"{e['name']}: {p}" for e in status["logs"] for p in log_problems(e)]
-    if archive_failed(status["archive"]):
-        problems.append("archive: last core:archive run failed")
     lines.append("")
-    lines.append("problems: " + "; ".join(problems) if problems else "all fine")
+    named = [(e["name"], e) for e in status["logs"]] + [("archive", status["archive"])]
+    problems = [(name, p) for name, e in named for p in e["problems"]]
+    if not problems:
+        lines.append("all fine")
+    else:
+        lines.append(f"{len(problems)} problem{'s' if len(problems) > 1 else ''}:")
+        for name, problem in problems:
+            lines.append(f"  {name}: {problem['message']}")
+            if problem["fix"]:
+                lines.append(f"    what to do: {problem['fix']}")
     return "\n".join(lines) + "\n"
 
 
@@ -445,9 +382,17 @@ def _log_rows(entry: dict[str, Any], now: float) -> list[tuple[str, str]]:
         rows.append(("STATE ERROR", entry["error"]))
     elif entry["state"] == "missing":
         rows.append(("state", entry.get("note", "none yet")))
+    elif not entry.get("read_before"):
+        rows.append(("position", "not read yet (the log was never found)"))
+    elif entry["file"] is None:
+        rows.append(
+            (
+                "position",
+                "between generations (the rotated file is done, the new one not yet found)",
+            )
+        )
     else:
-        where = entry["file"] or "(between generations)"
-        rows.append(("position", f"{where} at {_bytes(entry['offset'])}"))
+        rows.append(("position", f"{entry['file']} at {_bytes(entry['offset'])}"))
     if entry.get("log_problem"):
         rows.append(("log file", f"{entry['path']}: {entry['log_problem']}"))
     else:
@@ -473,6 +418,12 @@ def _log_rows(entry: dict[str, Any], now: float) -> list[tuple[str, str]]:
             f"{t['lines_read']:,} lines read, {t['imported']:,} imported, "
             f"{t['ignored']:,} ignored, {t['quarantined']:,} quarantined, "
             f"{t['normalised']:,} normalised",
+        )
+    )
+    rows.append(
+        (
+            "not recorded",
+            f"{t['refused']:,} refused by Matomo, {t['unmatched']:,} matching no site",
         )
     )
     rows.append(
@@ -625,6 +576,12 @@ def render_metrics(status: dict[str, Any]) -> str:
         "gauge",
         "1 while imports are paused because Matomo refused the token.",
         per_log(lambda e: 1 if e.get("auth_pause") else 0),
+    )
+    out.metric(
+        "matomo_rt_healthy",
+        "gauge",
+        "1 when the log is healthy (see `matomo-rt status` for what to do otherwise).",
+        per_log(lambda e: 1 if e.get("healthy") else 0),
     )
     out.metric(
         "matomo_rt_state_ok",

@@ -142,6 +142,97 @@ def fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
+def describe_process(pid: Optional[int]) -> str:
+    """'pid 123 (matomo-rt run)': who holds a lock, for the message that says so."""
+    if pid is None:
+        return "another process (its pid is unknown)"
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return f"pid {pid}"
+    words = [os.path.basename(a) if i == 0 else a for i, a in enumerate(argv)]
+    command = " ".join(w.decode(errors="replace") for w in words if w)
+    if len(command) > 200:
+        command = command[:197] + "..."
+    return f"pid {pid} ({command})" if command else f"pid {pid}"
+
+
+def lock_holder(lock_path: Path) -> tuple[bool, Optional[int]]:
+    """(held, pid): whether a process holds the flock on `lock_path`, and which, if known.
+
+    Looks in /proc/locks first, which takes no lock at all: probing with flock() would hold a
+    shared lock for an instant, long enough to make a starting `import` or service believe
+    another instance runs. The probe is the fallback where /proc/locks cannot answer.
+    """
+    try:
+        st = os.stat(lock_path)
+    except OSError:
+        return False, None  # no lock file: nobody ever held it (or it is unreadable)
+    file_pid = _pid_in(lock_path)
+    entries = _proc_flocks()
+    if entries is not None:
+        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+        inode_only = False
+        for entry_dev, ino, pid in entries:
+            if ino != st.st_ino:
+                continue
+            if entry_dev == dev:
+                return True, pid or file_pid
+            inode_only = True
+        if not inode_only:
+            return False, None
+        # Same inode on a device /proc/locks names differently (overlayfs reports the
+        # underlying device to stat()): ask flock itself.
+    return _probe(lock_path, file_pid)
+
+
+def _pid_in(lock_path: Path) -> Optional[int]:
+    try:
+        text = lock_path.read_bytes()[:64].decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _proc_flocks() -> Optional[list[tuple[str, int, int]]]:
+    """(major:minor, inode, pid) of every flock() lock on the system; None if unreadable."""
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            lines = fh.readlines()
+    except OSError:
+        return None
+    found = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:123456 0 EOF" ("->" marks a waiter)
+        if "->" in fields:
+            continue
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, ino = fields[5].rsplit(":", 2)
+            found.append((f"{int(major, 16):02x}:{int(minor, 16):02x}", int(ino), int(fields[4])))
+        except ValueError:
+            continue
+    return found
+
+
+def _probe(lock_path: Path, file_pid: Optional[int]) -> tuple[bool, Optional[int]]:
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True, file_pid
+    except OSError:
+        return False, None
+    finally:
+        os.close(fd)  # releases the shared lock at once, if we got it
+    return False, None
+
+
 class SourceLock:
     """A non-blocking flock held for as long as one process works on one source.
 
@@ -161,13 +252,16 @@ class SourceLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            _, pid = lock_holder(self.path)
             raise LockedError(
-                f"{self.path}: held by pid {holder}; another matomo-rt works on this source"
+                f"{self.path}: held by {describe_process(pid)}; another matomo-rt works on this"
+                " source"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Write, then cut: a reader never sees the file empty between the two.
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
         self._fd = fd
 
     def release(self) -> None:

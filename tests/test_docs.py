@@ -17,6 +17,7 @@ _SECTIONS = {
     "state": cfg.StateConfig,
     "metrics": cfg.MetricsConfig,
     "service": cfg.ServiceConfig,
+    "health": cfg.HealthConfig,
     "logs[]": cfg.LogConfig,
 }
 
@@ -60,6 +61,7 @@ def test_example_loads_with_the_documented_defaults() -> None:
     assert loaded.import_ == cfg.ImportConfig()
     assert loaded.archive == cfg.ArchiveConfig()
     assert loaded.service == cfg.ServiceConfig()
+    assert loaded.health == cfg.HealthConfig()
     assert loaded.state == cfg.StateConfig()
 
 

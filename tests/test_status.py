@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import pytest
 
-from matomo_rt import status
+from matomo_rt import status, store
 from matomo_rt.config import Config, StateConfig, load
 from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, auth_key, state_paths
 from matomo_rt.store import save_state
@@ -166,7 +166,8 @@ def test_last_error_newer_than_last_success_fails_the_exit_code(tmp_path: Path) 
     assert status.status_exit_code(report) == 1
     text = status.render_text(report)
     assert "1m ago" in text and "Fatal error: boom second line" in text
-    assert "problems: access: last import failed (failed)" in text
+    assert "1 problem:\n  access: import failing (failed): Fatal error: boom second line" in text
+    assert "what to do: " in text
 
 
 def test_an_error_followed_by_a_success_is_fine(tmp_path: Path) -> None:
@@ -312,7 +313,7 @@ def test_without_proc_locks_the_flock_probe_answers(
     lock_holder: tuple[Config, subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, proc = lock_holder
-    monkeypatch.setattr(status, "_proc_flocks", lambda: None)
+    monkeypatch.setattr(store, "_proc_flocks", lambda: None)
     lock = state_paths(config, config.log("access"))[1]
     assert status.lock_holder(lock) == (True, proc.pid)
     assert proc.stdin is not None
@@ -364,6 +365,7 @@ def archive_state(config: Config, outcome: str, runs: int = 3, failures: int = 1
             },
             "runs": runs,
             "failures": failures,
+            **({"last_success": NOW - 120} if outcome in ("success", "warning") else {}),
         },
     )
 
@@ -387,8 +389,10 @@ def test_a_failed_archive_run_fails_the_exit_code(tmp_path: Path) -> None:
 @pytest.mark.parametrize("outcome", ["success", "warning"])
 def test_a_successful_or_warning_archive_run_is_fine(tmp_path: Path, outcome: str) -> None:
     config = make_config(tmp_path)
+    commit_lines(config, "access", 1, {"last_success": NOW - 10})
     archive_state(config, outcome)
     report = status.collect(config, now=NOW)
+    assert report["archive"]["healthy"] and report["archive"]["problems"] == []
     assert status.status_exit_code(report) == 0
     assert "matomo_rt_archive_last_success 1" in status.render_metrics(report)
 

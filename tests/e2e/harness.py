@@ -337,9 +337,12 @@ stop_timeout = {q(stop_timeout)}
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "matomo_rt", "-c", str(self.config_path), *args]
 
-    def start(self, *args: str, env: Optional[dict[str, str]] = None) -> Service:
-        """Start `matomo-rt ARGS` (default: run) in the background."""
-        argv = self.argv(*(args or ("run",)))
+    def start(
+        self, *args: str, env: Optional[dict[str, str]] = None, prefix: Sequence[str] = ()
+    ) -> Service:
+        """Start `matomo-rt ARGS` (default: run) in the background, behind `prefix` (a
+        command such as setpriv that runs it)."""
+        argv = [*prefix, *self.argv(*(args or ("run",)))]
         stderr_path = self.base / f"matomo-rt-{len(self.services)}.stderr"
         with open(stderr_path, "wb") as err:
             popen = subprocess.Popen(
@@ -360,10 +363,12 @@ stop_timeout = {q(stop_timeout)}
         service.wait_log("matomo-rt: INFO: running:")
         return service
 
-    def run(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, timeout: float = 30.0, prefix: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess:
         """A one-shot command, to completion."""
         return subprocess.run(
-            self.argv(*args),
+            [*prefix, *self.argv(*args)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

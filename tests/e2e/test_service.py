@@ -282,13 +282,15 @@ def test_second_instance_exits_75_naming_the_holder(rig):
     rig.write_config([("access", log)])
     first = rig.start_service()
 
+    # The holder's pid and command: which of service, timer or cron to stop.
+    holder = f"held by pid {first.pid} ({Path(first.argv[0]).name} -m matomo_rt -c "
     second = rig.start("run")
     assert second.wait(15) == 75, second.describe()
-    assert f"held by pid {first.pid}" in second.log()
+    assert holder in second.log() and " run); another matomo-rt" in second.log()
 
     once = rig.run("import")
     assert once.returncode == 75, once.stderr
-    assert f"held by pid {first.pid}" in once.stderr
+    assert holder in once.stderr
 
     assert first.running()
     rig.wait_recorded(2)
