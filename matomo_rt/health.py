@@ -212,27 +212,26 @@ class LogHealth:
         imported: int,
         unmatched: int = 0,
         hosts: tuple[str, ...] = (),
+        pass_imported: bool = False,
     ) -> None:
-        """A committed batch: into the window (same-minute batches share a row)."""
-        if lines <= 0:
+        """A commit: into the window (same-minute commits share a row). `pass_imported`: the
+        same pass imported lines in an earlier commit (workers commit their imports before
+        the batch's lines)."""
+        if lines <= 0 and imported <= 0:
             return
+        row = [now, lines, quarantined, imported, unmatched]
         last = self.window[-1] if self.window else None
         if last is not None and int(last[0] // 60) == int(now // 60):
-            last[1:] = [
-                last[1] + lines,
-                last[2] + quarantined,
-                last[3] + imported,
-                last[4] + unmatched,
-            ]
-            last[0] = now
+            self.window[-1] = [now, *(a + b for a, b in zip(last[1:], row[1:]))]
         else:
-            self.window.append([now, lines, quarantined, imported, unmatched])
+            self.window.append(row)
         while len(self.window) > 1 and sum(r[1] for r in self.window[1:]) >= WINDOW_LINES:
             del self.window[0]
         if imported > 0:
-            self.waiting_since = None
             self.last_imported = now
-        elif self.waiting_since is None:
+        if imported > 0 or pass_imported:
+            self.waiting_since = None
+        elif lines > 0 and self.waiting_since is None:
             self.waiting_since = now
         if hosts:
             self.unmatched_hosts = sorted(hosts)[:10]

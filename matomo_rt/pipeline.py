@@ -103,6 +103,7 @@ class Source:
         self.lock = SourceLock(self.lock_path)
         self.reader: Optional[LogReader] = None
         self.health = health.LogHealth()
+        self._pass_imported = 0  # requests imported by the running pass, for the health facts
         self.consecutive_failures = 0
         self.retry_at = 0.0
         self.unsaved = False
@@ -166,16 +167,17 @@ class Source:
         extra = {**(document or {})}
         stats = self.stats
         hosts = updates.pop("unmatched_hosts", ())
-        lines = int(updates.get("add_lines_read", 0))
-        if lines:
-            self.health.note_batch(
-                self.clock(),
-                lines,
-                int(updates.get("add_quarantined", 0)),
-                int(updates.get("add_imported", 0)),
-                int(updates.get("add_unmatched", 0)),
-                tuple(hosts),
-            )
+        imported = int(updates.get("add_imported", 0))
+        self.health.note_batch(
+            self.clock(),
+            int(updates.get("add_lines_read", 0)),
+            int(updates.get("add_quarantined", 0)),
+            imported,
+            int(updates.get("add_unmatched", 0)),
+            tuple(hosts),
+            pass_imported=self._pass_imported > 0,
+        )
+        self._pass_imported += imported
         stats["health"] = self.health.to_json()
         for key, value in updates.items():
             if key.startswith("add_"):
@@ -253,6 +255,7 @@ class Source:
         if paused:
             report.outcome, report.error = importer.AUTH, paused
             return report
+        self._pass_imported = 0
         report.file_problem = health.probe_file(self.log_config.path)
         if self.health.note_file(self.clock(), report.file_problem):
             self._save_health()

@@ -326,6 +326,8 @@ def _record_run(
         add_imported=imported,
         add_refused=result.refused_hits,
         add_ignored=result.ignored if result.outcome == importer.SUCCESS else 0,
+        add_unmatched=result.counts.get("no_site", 0),
+        unmatched_hosts=result.unmatched_hosts,
         worker_runs=runs,
     )
 

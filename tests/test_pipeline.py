@@ -761,3 +761,43 @@ def test_json_nested_too_deeply_is_quarantined_not_a_crash(rig: Rig) -> None:
     assert report.error is None and report.caught_up
     assert rig.recorded() == lines_of(0, 6)
     assert [q["reason"] for q in rig.quarantined()] == ["JSON nested too deeply"]
+
+
+# -- health: the service's verdict (memory) and status's (the state file) agree --------------
+
+
+def _status_kinds(config: Config) -> set[str]:
+    from matomo_rt import status
+
+    [entry] = status.collect(config)["logs"]
+    return {p["kind"] for p in entry["problems"]}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_source_and_status_agree_on_health(rig: Rig, workers: int) -> None:
+    from matomo_rt import health
+
+    config = rig.write_config(workers=workers)
+    rig.set_control(sites={"www.example.org": 1})
+    rig.append([log_line(i) for i in range(12)])
+    with Source(config, config.log("web"), token=TOKEN) as source:
+        assert source.run_pass().error is None
+        assert source.verdict().healthy
+        assert _status_kinds(config) == set()
+
+        rig.append([b'203.0.113.9 - - [01/Mar/2026:12:00:00 +0100] "GET / HTTP/1.1" 200 5\n'] * 40)
+        source.run_pass()
+        assert source.verdict().kinds() == {health.WRONG_FORMAT}
+        assert _status_kinds(config) == {health.WRONG_FORMAT}
+
+        rig.append([log_line(i, host="unknown.example") for i in range(100, 160)])
+        source.run_pass()
+        kinds = source.verdict().kinds()
+        if workers == 1:  # split batches: the double reports unmatched hosts as ignored
+            assert health.UNMATCHED_HOSTS in kinds
+        assert _status_kinds(config) == kinds
+
+        rig.log.unlink()
+        report = source.run_pass()
+        assert report.file_problem == (health.LOG_MISSING, "no such file")
+        assert _status_kinds(config) == source.verdict().kinds()
