@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from matomo_rt import execute
+from matomo_rt import execute, formats
 from matomo_rt.config import TOKEN_ENV, Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.guard import check_line
 from matomo_rt.matomo import options
@@ -96,6 +96,7 @@ def run_check(
         _check_log(c, log_config)
     _check_state(c, config)
     _check_python(c, config, timeout)
+    _check_formats(c, config, timeout)
     _check_php(c, config, timeout)
     token, token_ok = _check_token(c, config)
     _check_matomo(c, config, token, token_ok, timeout)
@@ -253,6 +254,36 @@ def _check_flags(c: Checklist, config: Config, script: Path, timeout: float) -> 
     if not problems:
         count = sum(len(flags) for _, flags in where)
         c.ok(f"import_logs.py knows every configured flag ({count})")
+
+
+def _check_formats(c: Checklist, config: Config, timeout: float) -> None:
+    """Each log's format against the names the configured import_logs.py itself lists."""
+    script = config.matomo.import_logs_script
+    named = {log.log_format.name for log in config.logs if log.format_regex is None}
+    if script is None or not script.is_file() or not named:
+        return
+    try:
+        done = execute.run(
+            [config.matomo.python, str(script), "--help"], timeout=timeout, max_output=1 << 20
+        )
+    except execute.ExecError:
+        return  # the interpreter's failure is reported by _check_python
+    offered = formats.names_in_help(done.stdout.decode("utf-8", "replace"))
+    if offered is None or not done.ok:
+        c.skip("log formats: import_logs.py --help lists no format names")
+        return
+    for log_config in config.logs:
+        name = log_config.log_format.name
+        if log_config.format_regex is not None:
+            continue
+        if name in offered:
+            c.ok(f"log {log_config.name}: import_logs.py reads format {name}")
+        else:
+            c.fail(
+                f"log {log_config.name}: format {name} is not one this import_logs.py reads"
+                f" ({', '.join(sorted(offered))})",
+                "upgrade Matomo's log-analytics, or set logs.format to one of those",
+            )
 
 
 def _check_php(c: Checklist, config: Config, timeout: float) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
+from matomo_rt import formats
 from matomo_rt.errors import ConfigError
 from matomo_rt.health import Settings as HealthConfig
 
@@ -76,6 +77,15 @@ class LogConfig:
     idsite: Optional[int] = None
     flags: tuple[str, ...] = ()
     start_at: Optional[str] = None
+    format: str = formats.DEFAULT
+    format_regex: Optional[str] = None
+
+    @property
+    def log_format(self) -> formats.LogFormat:
+        """The format import_logs.py is told to read (validated when the file was loaded)."""
+        if self.format_regex is not None:
+            return formats.custom(self.format_regex)
+        return formats.resolve(self.format)
 
 
 @dataclass(frozen=True)
@@ -267,8 +277,8 @@ _ON_ARGV = (
 IMPORT_FLAGS_REFUSED = {
     "--token-auth": "never put the token in flags: use matomo.token_auth_file",
     "--url": "set matomo.url instead",
-    "--log-format-name": "matomo-rt always reads nginx_json",
-    "--log-format-regex": "matomo-rt always reads nginx_json",
+    "--log-format-name": "set the log's format (logs[].format) instead",
+    "--log-format-regex": "set the log's format_regex (logs[].format_regex) instead",
     "--dry-run": "use `matomo-rt import --dry-run`: here nothing would reach Matomo while the"
     " offset moves on",
     "--skip": "matomo-rt keeps the position itself (see `matomo-rt seek`)",
@@ -447,7 +457,7 @@ def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
         loader.error("import.interval", "must be at least 1s")
     t.finish()
 
-    logs = _logs(loader, data.get("logs", []), rel)
+    logs = _logs(loader, data.get("logs", []), rel, import_.flags)
     all_flags = [*import_.flags, *(f for log in logs for f in log.flags)]
     if import_.workers > 1 and (
         import_.recorders > 1 or any(f.split("=", 1)[0] == "--recorders" for f in all_flags)
@@ -506,7 +516,10 @@ def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
 
 
 def _logs(
-    loader: _Loader, raw: Any, rel: Callable[[Optional[Path]], Optional[Path]]
+    loader: _Loader,
+    raw: Any,
+    rel: Callable[[Optional[Path]], Optional[Path]],
+    import_flags: tuple[str, ...] = (),
 ) -> tuple[LogConfig, ...]:
     if not isinstance(raw, list):
         loader.error("logs", "must be an array of tables: [[logs]]")
@@ -531,10 +544,66 @@ def _logs(
         idsite = t.get("idsite", _positive_int, None)
         flags = t.get("flags", _flags, ())
         start_at = t.get("start_at", _choice(START_AT_CHOICES), None)
+        fmt_name = t.get("format", _format_name, formats.DEFAULT)
+        regex = t.get("format_regex", _format_regex, None)
         t.finish()
+        if "format" in entry and "format_regex" in entry:
+            loader.error(f"{where}.format_regex", "give format or format_regex, not both")
+        _check_format(loader, where, fmt_name, regex, idsite, (*import_flags, *flags))
         if path is not None and name is not None:
-            logs.append(LogConfig(name, path, idsite, flags, start_at))
+            logs.append(LogConfig(name, path, idsite, flags, start_at, fmt_name, regex))
     return tuple(logs)
+
+
+def _format_name(value: Any) -> str:
+    text = _str(value)
+    try:
+        return formats.resolve(text).name
+    except KeyError:
+        known = ", ".join(formats.names())
+        raise ValueError(
+            f"{value!r} is not a format import_logs.py reads (one of: {known}; or set format_regex)"
+        ) from None
+
+
+def _format_regex(value: Any) -> str:
+    text = _str(value)
+    formats.custom(text)  # raises ValueError naming the problem
+    return text
+
+
+def _check_format(
+    loader: _Loader,
+    where: str,
+    name: str,
+    regex: Optional[str],
+    idsite: Optional[int],
+    flags: tuple[str, ...],
+) -> None:
+    """What a format needs besides its name: a site when lines carry no host, W3C's fields."""
+    try:
+        fmt = formats.custom(regex) if regex is not None else formats.resolve(name)
+    except (KeyError, ValueError):
+        return  # already reported
+    key = f"{where}.format_regex" if regex is not None else f"{where}.format"
+    if fmt.family == formats.W3C and formats.w3c_fields(flags) is None:
+        loader.error(
+            key,
+            f"{fmt.name} lines are laid out by the file's '#Fields:' line, which a tail never"
+            ' sees again: copy it into flags as "--w3c-fields=#Fields: date time c-ip ..."',
+        )
+        return
+    given = {flag.split("=", 1)[0] for flag in flags}
+    if idsite is None and not formats.has_host(fmt, flags) and not given & _SITE_FLAGS:
+        loader.error(
+            key,
+            f"{fmt.label} lines carry no host, so import_logs.py cannot tell the site: set"
+            f" {where}.idsite = N (the Matomo site to record this log in)",
+        )
+
+
+#: Flags that tell import_logs.py the site (or host) of lines without one.
+_SITE_FLAGS = {"--idsite", "--log-hostname"}
 
 
 _NAME_FROM_PATH = re.compile(r"[^A-Za-z0-9._-]")

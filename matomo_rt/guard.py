@@ -1,5 +1,7 @@
 """The Guard: keep lines that would crash import_logs.py away from it.
 
+This module holds the machinery and the nginx_json check; matomo_rt.shapes the other formats'.
+
 import_logs.py's nginx_json parser dies (traceback, exit 1, the rest of the batch unsent) on
 valid JSON it does not expect — a number where it wants a string, a null, a missing key — and a
 batch that crashes it crashes it again on every retry. The Guard mirrors the parser's reads:
@@ -21,7 +23,12 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from matomo_rt import shapes
+
+if TYPE_CHECKING:
+    from matomo_rt.formats import LogFormat
 
 #: Keys import_logs.py reads with no fallback: without a string there, it crashes.
 _REQUIRED_STRINGS = ("ip", "path", "date")
@@ -215,8 +222,28 @@ def _why(key: str, value: Any) -> str:
     return f"{key} is a {type(value).__name__}, not a string"
 
 
+Check = Callable[[bytes], "tuple[Optional[bytes], str]"]
+
+
+def checker(fmt: Optional[LogFormat]) -> Check:
+    """The line check for a format's family: field checks for each JSON shape, byte-level
+    checks for text lines (whose unparsable lines import_logs.py counts as invalid)."""
+    if fmt is None or fmt.name == "nginx_json":
+        return check_line
+    if fmt.name == "caddy_json":
+        return shapes.check_caddy
+    if fmt.name == "traefik_json":
+        return shapes.check_traefik
+    if fmt.date_in_brackets and fmt.regex is None:
+        return shapes.check_bracketed
+    return shapes.check_text
+
+
 def guarded_chunks(
-    lines: Iterable[bytes], result: GuardResult, chunk_bytes: int = 1 << 20
+    lines: Iterable[bytes],
+    result: GuardResult,
+    chunk_bytes: int = 1 << 20,
+    check: Check = check_line,
 ) -> Iterator[bytes]:
     """The importer's stdin in large pieces, checked as it is consumed.
 
@@ -228,7 +255,7 @@ def guarded_chunks(
     piece: list[bytes] = []
     size = 0
     for index, line in enumerate(lines):
-        good, reason = check_line(line)
+        good, reason = check(line)
         if good is None:
             result.quarantined.append((index, reason, line))
             continue
@@ -245,10 +272,10 @@ def guarded_chunks(
     result.complete = True
 
 
-def guard(lines: Iterable[bytes]) -> GuardResult:
+def guard(lines: Iterable[bytes], check: Check = check_line) -> GuardResult:
     """All at once, keeping each line to send in `lines` (tests and tools; the pipeline streams)."""
     result = GuardResult()
-    result.lines = list(guarded_chunks(lines, result, chunk_bytes=0))
+    result.lines = list(guarded_chunks(lines, result, chunk_bytes=0, check=check))
     return result
 
 

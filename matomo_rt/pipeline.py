@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from matomo_rt import execute, health, workers
 from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
-from matomo_rt.guard import GuardResult, Quarantine, guarded_chunks
+from matomo_rt.guard import GuardResult, Quarantine, checker, guarded_chunks
 from matomo_rt.matomo import importer
 from matomo_rt.tail import Batch, LogReader, SourceLock, StateError
 from matomo_rt.tail.position import Position, lag_bytes
@@ -335,7 +335,9 @@ class Source:
     def _import_batch(self, batch: Batch, report: PassReport) -> bool:
         """Hand one batch to the importer and commit what its outcome allows."""
         checked = GuardResult()
-        stdin = guarded_chunks(batch.iter_lines(), checked, STDIN_CHUNK)
+        stdin = guarded_chunks(
+            batch.iter_lines(), checked, STDIN_CHUNK, checker(self.log_config.log_format)
+        )
         first = next(stdin, None)
         if first is None:  # every line quarantined: nothing to import
             self._quarantine_prefix(checked, batch.lines)
@@ -439,6 +441,7 @@ class Source:
             recorders=1 if one_recorder else self.config.import_.recorders,
             idsite=self.log_config.idsite,
             dry_run=self.dry_run,
+            format_args=self.log_config.log_format.argv(),
         )
         secrets = [self.token] if self.token else []
         try:
@@ -485,6 +488,8 @@ class Source:
             "add_unmatched": result.counts.get("no_site", 0),
             "unmatched_hosts": result.unmatched_hosts,
             "add_ignored": result.ignored,
+            # Lines the format could not parse: a high share means the wrong `format`.
+            "add_invalid": result.counts.get("invalid", 0),
             "add_quarantined": quarantined,
             "add_normalised": checked.normalised,
         }

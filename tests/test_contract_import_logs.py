@@ -298,7 +298,125 @@ TOLERATED_LINES = {
 
 BAD_UTF8 = GOOD.encode() + b"\n" + line(path="/caf-X").encode().replace(b"-X", b"\xe9") + b"\n"
 
+
+def clf(host: str = "", tail: str = ' "-" "Mozilla/5.0"', **fields: str) -> str:
+    """One Apache-style line (combined; vhost_combined with `host`; common with tail="")."""
+    f = {"ip": "203.0.113.7", "date": "01/May/2024:10:00:00 +0200", "path": "/index.html"}
+    f.update({"status": "200", "length": "512"})
+    f.update(fields)
+    prefix = f"{host} " if host else ""
+    request = f'"GET {f["path"]} HTTP/1.1"'
+    return f"{prefix}{f['ip']} - - [{f['date']}] {request} {f['status']} {f['length']}{tail}"
+
+
+def caddy(**changes: Any) -> str:
+    """One Caddy JSON access log entry; a key given as ``...`` is left out."""
+    entry: dict[str, Any] = {
+        "level": "info",
+        "ts": 1714550400.25,
+        "logger": "http.log.access",
+        "msg": "handled request",
+        "request": {
+            "client_ip": "203.0.113.7",
+            "method": "GET",
+            "host": "example.com",
+            "uri": "/index.html?a=1",
+            "headers": {"User-Agent": ["Mozilla/5.0"], "Referer": ["http://r.example/"]},
+        },
+        "user_id": "",
+        "duration": 0.0042,
+        "size": 512,
+        "status": 200,
+        "resp_headers": {},
+    }
+    for key, value in changes.items():
+        if value is ...:
+            del entry[key]
+        elif key == "headers":
+            entry["request"]["headers"] = value
+        else:
+            entry[key] = value
+    return json.dumps(entry)
+
+
+APACHE = data(
+    clf(),
+    clf(status="404", path="/missing"),
+    clf(status="301"),
+    clf(path="/style.css"),
+    clf(date="31/Foo/2024:10:00:00 +0200"),
+    clf(date="01/May/2024:10:00:00 +02x0"),
+    "not a log line",
+    GOOD,
+    clf(ip="2001:db8::1", path="/a?b=c"),
+)
+VHOST = data(
+    clf("example.com:443"),
+    clf("seven.example"),
+    clf("unknown.example"),
+    clf(""),
+    clf("Example.COM", status="500"),
+)
+CADDY = data(
+    caddy(),
+    caddy(status=404),
+    caddy(headers={"User-Agent": ["Mozilla/5.0"]}),
+    caddy(user_id="alice"),
+    "not json",
+    caddy(headers={"User-Agent": ["Mozilla/5.0"], "Referer": []}),
+    caddy(),
+)
+
+
+def named(name: str, stdin: bytes, fmt: str, *args: str, **kw: Any) -> Scenario:
+    """A scenario in another format than nginx_json."""
+    return Scenario(name, stdin, args=[f"--log-format-name={fmt}", *args], format_name=False, **kw)
+
+
+FORMAT_SCENARIOS: list[Scenario] = [
+    named("combined", APACHE, "ncsa_extended", "--idsite=1"),
+    named("combined_enable_all", APACHE, "ncsa_extended", "--idsite=1", "--enable-http-errors"),
+    named("combined_needs_idsite", APACHE, "ncsa_extended"),
+    named("common", data(clf(tail=""), clf(), "junk"), "common", "--idsite=1"),
+    named("common_log_hostname", data(clf(tail="")), "common", "--log-hostname=example.com"),
+    named(
+        "vhost_combined", VHOST, "common_complete", fake={"sites": SITES}, control={"sites": SITES}
+    ),
+    named("common_vhost", data(clf("example.com", tail="")), "common_vhost"),
+    named("caddy", CADDY, "caddy_json", fake={"sites": SITES}, control={"sites": SITES}),
+    named("caddy_foreign_json", data(caddy(), GOOD), "caddy_json"),
+    named("caddy_no_user_agent", data(caddy(), caddy(headers={})), "caddy_json"),
+    named("caddy_missing_ts", data(caddy(), caddy(ts=...), caddy()), "caddy_json"),
+    named("caddy_runtime_line", data(caddy(), '{"level":"info","msg":"serving"}'), "caddy_json"),
+    Scenario(
+        "custom_regex",
+        data("example.com 203.0.113.7 [01/May/2024:10:00:00 +0200] /a 200", "junk"),
+        args=[
+            r"--log-format-regex=(?P<host>\S+) (?P<ip>\S+) \[(?P<date>\S+) (?P<timezone>\S+)\]"
+            r" (?P<path>\S+) (?P<status>\d+)"
+        ],
+        format_name=False,
+    ),
+    Scenario(
+        "custom_regex_no_host",
+        data("203.0.113.7 2024-05-01T10:00:00 /a 200"),
+        args=[r"--log-format-regex=(?P<ip>\S+) (?P<date>\S+) (?P<path>\S+) (?P<status>\d+)"],
+        format_name=False,
+    ),
+    Scenario(
+        "custom_regex_date_format",
+        data("203.0.113.7 2024-05-01T10:00:00 /a 200"),
+        args=[
+            r"--log-format-regex=(?P<ip>\S+) (?P<date>\S+) (?P<path>\S+) (?P<status>\d+)",
+            "--log-date-format=%Y-%m-%dT%H:%M:%S",
+            "--idsite=1",
+        ],
+        format_name=False,
+    ),
+]
+
 SCENARIOS: list[Scenario] = [
+    *FORMAT_SCENARIOS,
     Scenario("mixed", MIXED, fake={"sites": SITES}, control={"sites": SITES}),
     Scenario(
         "mixed_enable_all",

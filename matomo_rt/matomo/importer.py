@@ -24,7 +24,7 @@ LAUNCHER = (
     "sys.path[0]=os.path.dirname(os.path.abspath(s));runpy.run_path(s,run_name='__main__')"
 )
 
-MANDATORY_FORMAT = "--log-format-name=nginx_json"
+DEFAULT_FORMAT = ("--log-format-name=nginx_json",)
 
 
 def build_argv(
@@ -35,13 +35,14 @@ def build_argv(
     recorders: int = 1,
     idsite: Optional[int] = None,
     dry_run: bool = False,
+    format_args: Sequence[str] = DEFAULT_FORMAT,
 ) -> list[str]:
     """The importer's command line: our fixed options, the configured flags, stdin as `-`.
 
-    `--log-format-name=nginx_json` is always given: without it import_logs.py probes the format
-    on the first lines of stdin and silently loses them.
+    The format (`format_args`, from LogFormat.argv()) is always given: without it import_logs.py
+    probes the format on the first lines of stdin and silently loses them.
     """
-    argv = [python, "-c", LAUNCHER, str(script), f"--url={url}", MANDATORY_FORMAT]
+    argv = [python, "-c", LAUNCHER, str(script), f"--url={url}", *format_args]
     if not any(f.split("=", 1)[0] == "--recorders" for f in flags):
         argv.append(f"--recorders={recorders}")
     argv.extend(flags)

@@ -3,11 +3,12 @@
 
 Why: matomo-rt must be tested against the importer's *behaviour* -- its options, its stdout
 summary, its crashes, its ``--skip=N`` hint, its exit codes -- without a Matomo server. This script
-reproduces that behaviour for ``--log-format-name=nginx_json`` read from ``-`` (stdin), as
-documented in docs/import_logs-facts.md, and "records" what Matomo would hold by appending the
-original input lines to a file. It is our own code (stdlib only, Python 3.9+); only the observable
-facts were taken from the real script. tests/test_contract_import_logs.py checks it against the
-real one.
+reproduces that behaviour for ``--log-format-name=nginx_json`` (and the Apache-style formats
+common, common_vhost, ncsa_extended, common_complete, caddy_json and ``--log-format-regex``)
+read from ``-`` (stdin), as documented in docs/import_logs-facts.md, and "records" what Matomo
+would hold by appending the original input lines to a file. It is our own code (stdlib only,
+Python 3.9+); only the observable facts were taken from the real script.
+tests/test_contract_import_logs.py checks it against the real one.
 
 Environment (all optional):
 
@@ -309,7 +310,7 @@ def _zone_offset(zone: str) -> datetime.timedelta:
 def build_parser() -> argparse.ArgumentParser:
     """Every option of the real import_logs.py, in its order, so usage errors read the same."""
     p = argparse.ArgumentParser(
-        description="Test double of Matomo's import_logs.py (nginx_json on stdin only).",
+        description="Test double of Matomo's import_logs.py (a few formats, stdin first).",
     )
     add = p.add_argument
     add("file", type=str, nargs="+")
@@ -352,7 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--enable-reverse-dns", dest="reverse_dns", action="store_true", default=False)
     add("--strip-query-string", dest="strip_query_string", action="store_true", default=False)
     add("--query-string-delimiter", dest="query_string_delimiter", default="?")
-    add("--log-format-name", dest="log_format_name", default=None)
+    add(
+        "--log-format-name",
+        dest="log_format_name",
+        default=None,
+        help=f"log format (supported are: {', '.join(sorted(_FORMAT_NAMES))}).",
+    )
     add("--log-format-regex", dest="log_format_regex", default=None)
     add("--log-date-format", dest="log_date_format", default=None)
     add("--log-hostname", dest="log_hostname", default=None)
@@ -469,6 +475,8 @@ class Stats:
 class NginxJson:
     """nginx_json line access with the real format's quirks (see the facts sheet, §5)."""
 
+    date_format = "%Y-%m-%dT%H:%M:%S"
+
     def __init__(self) -> None:
         self.data: Any = None
 
@@ -498,6 +506,117 @@ class NginxJson:
 
     def has(self, key: str) -> bool:
         return key in self.data
+
+
+class RegexLine:
+    """A text format read by a regular expression (the named Apache-style ones, or
+    --log-format-regex): a missing group is BaseFormatException, an unmatched line is invalid."""
+
+    def __init__(self, name: str, regex: str, date_format: Optional[str] = None) -> None:
+        import re
+
+        self.name = name
+        self.regex = re.compile(regex)
+        self.date_format = date_format or "%d/%b/%Y:%H:%M:%S"
+        self.data: Any = None
+
+    def match(self, line: str) -> bool:
+        found = self.regex.match(line)
+        self.data = None if found is None else found.groupdict()
+        if self.data is not None and "time" in self.data:
+            self.data["date"] = self.data["date"] + " " + self.data.pop("time")
+        return found is not None
+
+    def get(self, key: str) -> Any:
+        try:
+            return self.data[key]
+        except KeyError:
+            raise BaseFormatException() from None
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+
+def _fields(*parts: str) -> str:
+    """A line layout from field patterns, separated by whitespace as the real formats are."""
+    return r"\s+".join(parts)
+
+
+#: The Apache-style layouts (facts: field order and what each field may hold).
+_CLIENT = r"(?P<ip>[\w*.:-]+)"
+_VHOST = r"(?P<host>[\w\-\.]*)(?::\d+)?"
+_STAMP = r"\[(?P<date>.*?)\s+(?P<timezone>.*?)\]"
+_REQUEST = r'"(?P<method>\S+)\s+(?P<path>.*?)\s+\S+"'
+_CLF = _fields(
+    _CLIENT, r"\S+", r"(?P<userid>\S+)", _STAMP, _REQUEST, r"(?P<status>\d+)", r"(?P<length>\S+)"
+)
+_EXTRA = _fields("", r'"(?P<referrer>.*?)"', r'"(?P<user_agent>.*?)"')
+_LINE_FORMATS = {
+    "common": _CLF,
+    "common_vhost": _fields(_VHOST, _CLF),
+    "ncsa_extended": _CLF + _EXTRA,
+    "common_complete": _fields(_VHOST, _CLF + _EXTRA),
+}
+
+
+class CaddyJson:
+    """caddy_json: every read maps the whole entry first, so one missing key (KeyError) makes
+    every field absent, and a wrong type crashes the importer."""
+
+    date_format = "%Y-%m-%dT%H:%M:%S.%f"
+
+    def __init__(self) -> None:
+        self.data: Any = None
+
+    def match(self, line: str) -> bool:
+        try:
+            self.data = json.loads(line)
+        except Exception:
+            self.data = None
+            return False
+        return True
+
+    def _mapped(self) -> dict[str, Any]:
+        entry = self.data
+        moment = datetime.datetime.fromtimestamp(entry["ts"], tz=datetime.timezone.utc)
+        request = entry["request"]
+        headers = request["headers"]
+        entry.update(
+            date=moment.strftime(self.date_format),
+            timezone=moment.strftime("%z"),
+            length=str(entry["size"]),
+            status=str(entry["status"]),
+            generation_time_milli=str(entry["duration"] * 1000.0),
+            userid=entry["user_id"],
+            ip=request["client_ip"],
+            host=request["host"],
+            method=request["method"],
+            path=request["uri"],
+            referrer=next(iter(headers.get("Referer", [])), None),
+            user_agent=next(iter(headers.get("User-Agent", [])), None),
+        )
+        return entry
+
+    def get(self, key: str) -> Any:
+        try:
+            return self._mapped().get(key)
+        except KeyError:
+            raise BaseFormatException() from None
+
+    def has(self, key: str) -> bool:
+        return key in self._mapped()
+
+
+def _format_for(opts: argparse.Namespace) -> Any:
+    """The parser the options name (only the formats the double emulates)."""
+    if opts.log_format_regex:
+        return RegexLine("custom", opts.log_format_regex, opts.log_date_format)
+    name = opts.log_format_name
+    if name in _LINE_FORMATS:
+        return RegexLine(name, _LINE_FORMATS[name])
+    if name == "caddy_json":
+        return CaddyJson()
+    return NginxJson()
 
 
 def _probe_is_nginx(line: str) -> bool:
@@ -988,7 +1107,7 @@ class Importer:
             return True
         return bool(opts.exclude_newer_than and hit.date > opts.exclude_newer_than)
 
-    def _hit_from(self, fmt: NginxJson, filename: str, lineno: int, raw: bytes) -> Hit:
+    def _hit_from(self, fmt: Any, filename: str, lineno: int, raw: bytes) -> Hit:
         """Read the fields in the real importer's order: the first bad field decides the crash."""
         opts = self.opts
         hit = Hit(
@@ -1073,11 +1192,11 @@ class Importer:
             pass
         return hit
 
-    def _date_of(self, fmt: NginxJson, hit: Hit) -> Optional[str]:
+    def _date_of(self, fmt: Any, hit: Hit) -> Optional[str]:
         """Parse date and zone into hit.date; returns why the line is invalid, if it is."""
         text = fmt.get("date")
         try:
-            hit.date = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S")
+            hit.date = datetime.datetime.strptime(text, fmt.date_format)
             hit.date += datetime.timedelta(seconds=self.opts.seconds_to_add_to_date)
         except ValueError:
             return "date"
@@ -1093,7 +1212,7 @@ class Importer:
 
     def parse(self, filename: str, source: LineSource, limit_hits: int) -> None:
         """Read every line; hand batches of ``limit_hits`` kept requests to the recorders."""
-        fmt = NginxJson()
+        fmt = _format_for(self.opts)
         kept: list[Hit] = []
         valid = 0
         lineno = -1
@@ -1266,6 +1385,14 @@ class Importer:
         needs_probe = self.opts.log_format_name is None and not self.opts.log_format_regex
         if needs_probe and not self.probe_format(source):
             return
+        fmt = _format_for(self.opts)
+        regex = getattr(fmt, "regex", None)
+        hostless = regex is not None and "host" not in regex.groupindex
+        if hostless and not self.opts.site_id and not self.opts.log_hostname:
+            self.fatal(
+                "the selected log format doesn't include the hostname: you must specify the"
+                " Matomo site ID with the --idsite argument"
+            )
         if self.opts.dump_log_regex:
             log.info("Using format 'nginx_json'.")
             log.info("Format nginx_json does not use a regex to parse log lines.")
@@ -1449,11 +1576,10 @@ def main(argv: list[str], journal: Journal) -> int:
     )
     control = Control.from_env()
     importer = Importer(opts, control, journal)
-    if opts.log_format_regex:
-        not_emulated("--log-format-regex")
     if opts.log_format_name is not None and opts.log_format_name not in _FORMAT_NAMES:
         importer.fatal(f"invalid log format: {opts.log_format_name}")
-    if opts.log_format_name not in (None, "nginx_json"):
+    emulated = ("nginx_json", "caddy_json", *_LINE_FORMATS)
+    if not opts.log_format_regex and opts.log_format_name not in (None, *emulated):
         not_emulated(f"--log-format-name={opts.log_format_name}")
     if opts.replay_tracking:
         not_emulated("--replay-tracking")
