@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from matomo_rt.guard import guard
+from matomo_rt.guard import checker, guard
 from matomo_rt.matomo import importer
 from matomo_rt.partition import split, visitor_key
 from matomo_rt.store import StateError
@@ -180,11 +180,12 @@ def import_batch(
     """
     assert source.reader is not None
     lines = list(batch.iter_lines())
-    checked = guard(lines)
+    fmt = source.log_config.log_format
+    checked = guard(lines, checker(fmt))
     sums = digest(batch)
     imp = source.config.import_
     k = opened.workers if opened else workers_for(imp.workers, imp.batch_lines, batch.lines)
-    key = visitor_key(importer.MANDATORY_FORMAT.split("=", 1)[1])
+    key = visitor_key(fmt.name if fmt.regex is None else "")
     parts = split(checked.lines, k, key) if key else [list(range(len(checked.lines)))]
     k = len(parts)
     sizes = [len(p) for p in parts]
@@ -328,6 +329,7 @@ def _record_run(
         add_ignored=result.ignored if result.outcome == importer.SUCCESS else 0,
         add_unmatched=result.counts.get("no_site", 0),
         unmatched_hosts=result.unmatched_hosts,
+        add_invalid=result.counts.get("invalid", 0) if result.outcome == importer.SUCCESS else 0,
         worker_runs=runs,
     )
 

@@ -338,3 +338,16 @@ def test_check_compares_the_format_with_the_scripts_own_list(tmp_path: Path) -> 
     assert lines[0].startswith("[FAIL] log access.log: format caddy_json is not one this")
     assert "(common, ncsa_extended, nginx_json)" in lines[0]
     assert lines[1] == "[ok] log apache: import_logs.py reads format ncsa_extended"
+
+
+def test_workers_import_other_formats_once_with_their_guard(rig: Rig) -> None:
+    """import.workers with a Caddy log: its Guard, its format on argv, every line once."""
+    config = _with_format(rig, 'format = "caddy_json"\n', batch_lines=10, workers=2)
+    assert config.import_.workers == 2
+    data = [caddy(i) for i in range(20)]
+    rig.append([*data[:5], caddy(99, request=...), *data[5:]])
+    report = one_pass(config)
+    assert report.error is None and report.caught_up
+    assert sorted(rig.recorded()) == sorted(data)
+    assert all("--log-format-name=caddy_json" in c["argv"] for c in rig.starts())
+    assert rig.stats()["quarantined"] == 1
