@@ -8,6 +8,7 @@ the run finished but logged warnings: a warning, not a failure.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import sys
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from matomo_rt import execute
+from matomo_rt import execute, health
 from matomo_rt.config import Config, ConfigError
-from matomo_rt.store import SourceLock, ensure_dir, load_state, save_state
+from matomo_rt.store import SourceLock, StateError, ensure_dir, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,51 @@ class _Progress:
         if self.tty and time.monotonic() - self.started >= 1.0:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+def _num(value: object) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def load_facts(config: Config) -> health.ArchiveFacts:
+    """What the archive state says, for the service's memory (read once, at start)."""
+    state_path, _ = archive_paths(config)
+    try:
+        document = load_state(state_path) or {}
+    except (StateError, OSError) as exc:
+        return health.ArchiveFacts(config.archive.enabled, state_error=str(exc))
+    run = document.get("last_run")
+    run = run if isinstance(run, dict) else {}
+    return health.ArchiveFacts(
+        config.archive.enabled,
+        runs=int(_num(document.get("runs")) or 0),
+        failures=int(_num(document.get("failures")) or 0),
+        last_outcome=str(run["outcome"]) if "outcome" in run else None,
+        last_reason=str(run.get("reason", "")),
+        last_end=_num(run.get("end")),
+        last_success=_num(document.get("last_success")),
+        last_duration=_num(run.get("duration")),
+    )
+
+
+def after_run(
+    facts: health.ArchiveFacts, result: ArchiveResult, ended: float
+) -> health.ArchiveFacts:
+    """The facts once `result` is in: what the service knows without re-reading the state."""
+    failed = result.outcome in (FAILURE, TIMEOUT)
+    return dataclasses.replace(
+        facts,
+        state_error=None,
+        runs=facts.runs + 1,
+        failures=facts.failures + failed,
+        last_outcome=result.outcome,
+        last_reason=result.reason,
+        last_end=ended,
+        last_duration=result.duration,
+        last_success=facts.last_success if failed else ended,
+    )
 
 
 def run_archive(config: Config, progress: bool = False) -> ArchiveResult:

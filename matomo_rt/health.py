@@ -473,6 +473,8 @@ class ArchiveFacts:
     last_reason: str = ""
     last_end: Optional[float] = None
     last_success: Optional[float] = None
+    failures: int = 0
+    last_duration: Optional[float] = None
 
 
 def judge_archive(facts: ArchiveFacts, now: float, settings: Settings = Settings()) -> Verdict:

@@ -104,6 +104,7 @@ class Source:
         self.reader: Optional[LogReader] = None
         self.health = health.LogHealth()
         self._pass_imported = 0  # requests imported by the running pass, for the health facts
+        self._last_duration = 0.0  # seconds the last import_logs.py run took
         self.consecutive_failures = 0
         self.retry_at = 0.0
         self.unsaved = False
@@ -444,6 +445,7 @@ class Source:
             format_args=self.log_config.log_format.argv(),
         )
         secrets = [self.token] if self.token else []
+        started = time.monotonic()
         try:
             done = execute.run(
                 argv,
@@ -457,6 +459,8 @@ class Source:
         except Exception as exc:  # feeding stdin failed: the child was stopped mid-batch
             reason = f"feeding import_logs.py failed ({exc.__class__.__name__})"
             return importer.ImportResult(importer.UNCERTAIN, None, reason=reason)
+        finally:
+            self._last_duration = time.monotonic() - started
         log.debug("%s: %s", self.name, done.describe(secrets))
         return importer.classify(
             done.returncode,
@@ -495,6 +499,7 @@ class Source:
         }
         if result.outcome == importer.SUCCESS:
             updates["last_success"] = now
+            updates["last_import_duration"] = self._last_duration
         if uncertain:
             updates["add_uncertain_batches"] = 1
             updates["last_error"] = {

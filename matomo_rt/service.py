@@ -9,6 +9,7 @@ ask for (stop after the running batch, reload) happens outside the handler.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -26,7 +27,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from matomo_rt import execute, health
+from matomo_rt import archiver, execute, health, metrics
 from matomo_rt.archiver import run_archive
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.config import load as load_config
@@ -92,6 +93,15 @@ class Service:
             job_defaults={"max_instances": 1, "coalesce": True},
         )
         self.metrics_server: Any = None
+        #: What the last core:archive run did (read from its state once, then kept here).
+        self.archive = archiver.load_facts(config)
+        self.metrics = metrics.registry(
+            metrics.ServiceCollector(
+                lambda: list(self.sources.values()),
+                lambda: self.archive,
+                lambda: self.config.health,
+            )
+        )
         #: The problem kinds each log had at its last tick: a change is logged once.
         self._problems: dict[str, frozenset[str]] = {}
         #: Jobs whose running pass outlasted a tick (said once per pass).
@@ -183,20 +193,29 @@ class Service:
             log.debug("%s: %s", source.name, report.error)
 
     def _archive_tick(self) -> None:
-        run_archive(self.config)
+        result = run_archive(self.config)
+        self.archive = archiver.after_run(self.archive, result, time.time())
+
+    def _log_archive_health(self) -> None:
+        """A change of core:archive's health, once (its failures are logged as they happen)."""
+        verdict = health.judge_archive(self.archive, time.time(), self.config.health)
+        before = self._problems.get("", frozenset())
+        for problem in verdict.problems:
+            if problem.kind not in before and problem.kind != health.ARCHIVE_FAILING:
+                log.error("archive: %s", problem.line())
+        if before - verdict.kinds():
+            log.info("archive: recovered: core:archive succeeds again")
+        self._problems[""] = verdict.kinds()
 
     def _watchdog(self) -> None:
         sd_notify("WATCHDOG=1")
 
     def _after_job(self) -> None:
-        """Publish metrics and a status line after each job."""
+        """Publish metrics (from memory) and a status line after each job."""
+        self._log_archive_health()
         if self.config.metrics.textfile is not None:
             try:
-                from matomo_rt import status
-
-                status.write_textfile(
-                    self.config.metrics.textfile, status.render_metrics(status.collect(self.config))
-                )
+                metrics.write_textfile(self.config.metrics.textfile, metrics.render(self.metrics))
             except Exception as exc:  # metrics must never stop imports
                 log.warning("metrics.textfile: %s", exc)
         sd_notify(f"STATUS=watching {len(self.sources)} logs")
@@ -257,11 +276,8 @@ class Service:
     def _start_metrics_server(self) -> None:
         if self.config.metrics.listen is None:
             return
-        from matomo_rt import status
-
-        config = self.config
-        self.metrics_server = status.MetricsServer(
-            config.metrics.listen, lambda: status.render_metrics(status.collect(config))
+        self.metrics_server = metrics.MetricsServer(
+            self.config.metrics.listen, lambda: metrics.render(self.metrics)
         )
         self.metrics_server.start()
 
@@ -275,7 +291,7 @@ class Service:
         self._schedule()
         try:
             self._start_metrics_server()
-        except Exception as exc:  # status.MetricsError: one line naming the address
+        except Exception as exc:  # metrics.MetricsError: one line naming the address
             log.error("%s", exc)
             for source in self.sources.values():
                 source.close()
@@ -392,6 +408,7 @@ class Service:
                 try:
                     self.sources = self._open(new)
                     self.config = new
+                    self.archive = dataclasses.replace(self.archive, enabled=new.archive.enabled)
                 except Exception as exc:
                     log.error("reload: %s; keeping the running configuration", exc)
                     try:

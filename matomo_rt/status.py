@@ -1,4 +1,4 @@
-"""`status` and metrics: what every log's state file says, read without taking any lock.
+"""`status`: what every log's state file says, read without taking any lock, and its verdict.
 
 State files are replaced atomically (temp file, fsync, rename), so reading one while the service
 runs always sees a whole document; nothing here writes to the state directory, so `status` is safe
@@ -12,18 +12,15 @@ import errno
 import json
 import logging
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from matomo_rt import health
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
 from matomo_rt.pipeline import auth_key, state_paths
-from matomo_rt.store import StateError, atomic_write, load_state, lock_holder
+from matomo_rt.store import StateError, load_state, lock_holder
 from matomo_rt.tail.position import lag_bytes
 
 log = logging.getLogger(__name__)
@@ -41,11 +38,6 @@ TOTALS = (
     "uncertain_batches",
 )
 ARCHIVE_FAILED = health.ARCHIVE_FAILED
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class MetricsError(Exception):
-    """The metrics cannot be published (textfile not writable, address in use); one line."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -269,6 +261,8 @@ def _collect_archive(config: Config, now: float) -> dict[str, Any]:
         last_reason=run.get("reason") or "",
         last_end=run.get("end"),
         last_success=entry["last_success"],
+        failures=entry["failures"],
+        last_duration=run.get("duration"),
     )
     _judged(entry, health.judge_archive(facts, now, config.health))
     return entry
@@ -471,299 +465,3 @@ def _archive_rows(archive: dict[str, Any], now: float) -> list[tuple[str, str]]:
 
 def render_json(status: dict[str, Any]) -> str:
     return json.dumps(status, indent=2, sort_keys=True) + "\n"
-
-
-# ------------------------------------------------------------------------------------------
-# Prometheus
-# ------------------------------------------------------------------------------------------
-
-
-def escape_label(value: str) -> str:
-    """A label value as the text exposition format wants it: \\ " and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _value(value: float) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    return repr(float(value))
-
-
-class _Exposition:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def metric(
-        self, name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], Any]]
-    ) -> None:
-        samples = [(labels, value) for labels, value in samples if value is not None]
-        if not samples:
-            return
-        self.lines.append(f"# HELP {name} {_escape_help(help_text)}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
-            self.lines.append(
-                f"{name}{{{text}}} {_value(value)}" if text else f"{name} {_value(value)}"
-            )
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-_LOG_COUNTERS = (
-    ("lines_read", "matomo_rt_lines_read_total", "Lines read from the log and committed."),
-    ("imported", "matomo_rt_imported_total", "Requests import_logs.py reported imported."),
-    ("ignored", "matomo_rt_ignored_total", "Requests import_logs.py ignored (see its summary)."),
-    ("quarantined", "matomo_rt_quarantined_total", "Lines held back in the quarantine file."),
-    ("normalised", "matomo_rt_normalised_total", "Lines normalised before import."),
-    ("failed_batches", "matomo_rt_failed_batches_total", "Import batches that failed."),
-    (
-        "uncertain_batches",
-        "matomo_rt_uncertain_batches_total",
-        "Import batches with an unknown outcome (importer killed or timed out).",
-    ),
-)
-
-
-def render_metrics(status: dict[str, Any]) -> str:
-    """Prometheus text exposition format 0.0.4 of `status` (from collect())."""
-    out = _Exposition()
-    logs = status.get("logs", [])
-
-    def per_log(pick: Callable[[dict[str, Any]], Any]) -> list[tuple[dict[str, str], Any]]:
-        return [({"log": e["name"]}, pick(e)) for e in logs]
-
-    for key, name, help_text in _LOG_COUNTERS:
-        out.metric(
-            name,
-            "counter",
-            help_text,
-            per_log(lambda e, key=key: None if e.get("error") else e["totals"][key]),
-        )
-    out.metric(
-        "matomo_rt_lag_bytes",
-        "gauge",
-        "Bytes of the live log file not yet committed.",
-        per_log(lambda e: e.get("lag_bytes")),
-    )
-    out.metric(
-        "matomo_rt_last_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the last successful import batch.",
-        per_log(lambda e: e.get("last_success")),
-    )
-    out.metric(
-        "matomo_rt_last_error_timestamp_seconds",
-        "gauge",
-        "Unix time of the last failed import batch.",
-        per_log(lambda e: (e.get("last_error") or {}).get("time")),
-    )
-    out.metric(
-        "matomo_rt_last_import_duration_seconds",
-        "gauge",
-        "How long the last import batch took.",
-        per_log(lambda e: e.get("last_import_duration")),
-    )
-    out.metric(
-        "matomo_rt_auth_paused",
-        "gauge",
-        "1 while imports are paused because Matomo refused the token.",
-        per_log(lambda e: 1 if e.get("auth_pause") else 0),
-    )
-    out.metric(
-        "matomo_rt_healthy",
-        "gauge",
-        "1 when the log is healthy (see `matomo-rt status` for what to do otherwise).",
-        per_log(lambda e: 1 if e.get("healthy") else 0),
-    )
-    out.metric(
-        "matomo_rt_state_ok",
-        "gauge",
-        "0 when the log's state file cannot be read (see `matomo-rt status`).",
-        per_log(lambda e: 0 if e.get("error") else 1),
-    )
-    out.metric(
-        "matomo_rt_running",
-        "gauge",
-        "1 while a matomo-rt process holds the log's lock.",
-        per_log(lambda e: 1 if e.get("running") else 0),
-    )
-    out.metric(
-        "matomo_rt_quarantine_lines",
-        "gauge",
-        "Lines in the log's quarantine file.",
-        per_log(lambda e: (e.get("quarantine") or {}).get("lines", 0)),
-    )
-
-    archive = status.get("archive") or {}
-    run = archive.get("last_run") or {}
-    out.metric(
-        "matomo_rt_archive_last_run_timestamp_seconds",
-        "gauge",
-        "Unix time the last core:archive run ended.",
-        [({}, run.get("end") or run.get("start"))],
-    )
-    out.metric(
-        "matomo_rt_archive_last_duration_seconds",
-        "gauge",
-        "How long the last core:archive run took.",
-        [({}, run.get("duration"))],
-    )
-    out.metric(
-        "matomo_rt_archive_last_success",
-        "gauge",
-        "1 if the last core:archive run succeeded (warnings included), else 0.",
-        [({}, None if not run else int(run.get("outcome") not in ARCHIVE_FAILED))],
-    )
-    out.metric(
-        "matomo_rt_archive_last_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the last successful core:archive run.",
-        [({}, archive.get("last_success"))],
-    )
-    out.metric(
-        "matomo_rt_archive_runs_total",
-        "counter",
-        "core:archive runs.",
-        [({}, archive.get("runs", 0))],
-    )
-    out.metric(
-        "matomo_rt_archive_failures_total",
-        "counter",
-        "core:archive runs that failed or timed out.",
-        [({}, archive.get("failures", 0))],
-    )
-    return out.text()
-
-
-def write_textfile(path: Path, text: str) -> None:
-    """Atomically replace `path` (for node_exporter's textfile collector) with `text`.
-
-    The temporary file does not end in .prom, so the collector never reads a half-written one.
-    """
-    path = Path(path)
-    if path.suffix != ".prom":
-        raise MetricsError(
-            f"metrics.textfile: {path}: node_exporter's textfile collector reads only *.prom "
-            "files; name it like matomo_rt.prom"
-        )
-    try:
-        # 0644: node_exporter runs as another user.
-        atomic_write(path, text.encode("utf-8"), mode=0o644)
-    except OSError as exc:
-        raise MetricsError(f"metrics.textfile: {path}: {_os_reason(exc)}") from None
-
-
-# ------------------------------------------------------------------------------------------
-# HTTP
-# ------------------------------------------------------------------------------------------
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise MetricsError(f"metrics.listen: {listen!r}: use HOST:PORT such as 127.0.0.1:9464")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host, int(port)
-
-
-class MetricsServer:
-    """GET /metrics over HTTP, from a daemon thread; everything else is 404."""
-
-    def __init__(self, listen: str, render: Callable[[], str]) -> None:
-        self.listen = listen
-        self.render = render
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound (host, port): the real port when `listen` asked for port 0."""
-        if self._server is None:
-            raise RuntimeError("MetricsServer is not started")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    def start(self) -> MetricsServer:
-        host, port = _split_listen(self.listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-        class Server(ThreadingHTTPServer):
-            address_family = family
-            daemon_threads = True
-
-        try:
-            self._server = Server((host, port), _make_handler(self.render))
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise MetricsError(
-                f"metrics.listen: cannot listen on {self.listen}: {reason}"
-            ) from None
-        server = self._server
-        self._thread = threading.Thread(
-            target=lambda: server.serve_forever(poll_interval=0.1),
-            name="metrics-http",
-            daemon=True,
-        )
-        self._thread.start()
-        log.info("serving metrics on http://%s/metrics", self.listen)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> MetricsServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _make_handler(render: Callable[[], str]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "matomo-rt"
-        sys_version = ""
-
-        def _answer(self, status: int, ctype: str, body: bytes, head: bool = False) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
-
-        def _metrics(self, head: bool) -> None:
-            if self.path.split("?", 1)[0] != "/metrics":
-                self._answer(404, "text/plain; charset=utf-8", b"not found: try /metrics\n", head)
-                return
-            try:
-                body = render().encode("utf-8")
-            except Exception as exc:
-                log.warning("metrics: cannot render: %s", exc)
-                self._answer(500, "text/plain; charset=utf-8", b"cannot render metrics\n", head)
-                return
-            self._answer(200, CONTENT_TYPE, body, head)
-
-        def do_GET(self) -> None:
-            self._metrics(head=False)
-
-        def do_HEAD(self) -> None:
-            self._metrics(head=True)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("metrics: %s %s", self.address_string(), format % args)
-
-    return Handler

@@ -330,6 +330,7 @@ def _record_run(
         add_unmatched=result.counts.get("no_site", 0),
         unmatched_hosts=result.unmatched_hosts,
         add_invalid=result.counts.get("invalid", 0) if result.outcome == importer.SUCCESS else 0,
+        last_import_duration=source._last_duration,
         worker_runs=runs,
     )
 

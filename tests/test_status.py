@@ -1,20 +1,16 @@
-"""`status` and metrics: read every log's state without locks, survive a damaged one, say who
-holds a lock, and publish Prometheus text that parses (textfile and HTTP)."""
+"""`status`: read every log's state without locks, survive a damaged one, say who
+holds a lock, and give the health verdict with what to do."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -224,10 +220,6 @@ def test_a_corrupt_state_file_shows_the_way_out_and_spares_the_other_logs(tmp_pa
     assert status.status_exit_code(report) == 1
     text = status.render_text(report)
     assert "STATE ERROR" in text and "matomo-rt seek" in text
-    metrics = status.render_metrics(report)
-    assert 'matomo_rt_state_ok{log="broken"} 0' in metrics
-    assert 'matomo_rt_state_ok{log="good"} 1' in metrics
-    assert 'matomo_rt_lines_read_total{log="broken"}' not in metrics
 
 
 def test_a_state_file_of_another_format_is_an_error_too(tmp_path: Path) -> None:
@@ -246,7 +238,6 @@ def test_a_state_dir_that_cannot_exist_is_an_error_not_a_crash(tmp_path: Path) -
     assert "not a directory" in entry_of(report)["error"]
     assert "not a directory" in report["archive"]["error"]
     assert status.status_exit_code(report) == 1
-    assert_exposition(status.render_metrics(report))
 
 
 def test_the_quarantine_file_is_counted(tmp_path: Path) -> None:
@@ -256,9 +247,6 @@ def test_the_quarantine_file_is_counted(tmp_path: Path) -> None:
     entry = entry_of(status.collect(config, now=NOW))
     assert entry["quarantine"] == {"path": str(quarantine), "lines": 3}
     assert f"{quarantine} (3 lines)" in status.render_text(status.collect(config, now=NOW))
-    assert 'matomo_rt_quarantine_lines{log="access"} 3' in status.render_metrics(
-        status.collect(config, now=NOW)
-    )
 
 
 # -- locks ---------------------------------------------------------------------------------
@@ -298,7 +286,6 @@ def test_a_lock_held_by_another_process_is_reported_with_its_pid(
     assert entry["running"] is True
     assert entry["pid"] == proc.pid
     assert f"yes (pid {proc.pid})" in status.render_text(report)
-    assert 'matomo_rt_running{log="access"} 1' in status.render_metrics(report)
     # status took no lock: the holder still has it, and after it exits nobody does.
     assert proc.poll() is None
     assert proc.stdin is not None
@@ -379,11 +366,6 @@ def test_a_failed_archive_run_fails_the_exit_code(tmp_path: Path) -> None:
     assert status.status_exit_code(report) == 1
     text = status.render_text(report)
     assert "failure, 2m ago" in text and "3 (1 failed)" in text
-    metrics = status.render_metrics(report)
-    assert "matomo_rt_archive_last_success 0" in metrics
-    assert "matomo_rt_archive_failures_total 1" in metrics
-    assert f"matomo_rt_archive_last_run_timestamp_seconds {NOW - 120!r}" in metrics
-    assert "matomo_rt_archive_last_duration_seconds 10.0" in metrics
 
 
 @pytest.mark.parametrize("outcome", ["success", "warning"])
@@ -394,7 +376,6 @@ def test_a_successful_or_warning_archive_run_is_fine(tmp_path: Path, outcome: st
     report = status.collect(config, now=NOW)
     assert report["archive"]["healthy"] and report["archive"]["problems"] == []
     assert status.status_exit_code(report) == 0
-    assert "matomo_rt_archive_last_success 1" in status.render_metrics(report)
 
 
 def test_no_archive_state_means_never_run(tmp_path: Path) -> None:
@@ -402,186 +383,6 @@ def test_no_archive_state_means_never_run(tmp_path: Path) -> None:
     report = status.collect(config, now=NOW)
     assert report["archive"]["last_run"] is None
     assert "never" in status.render_text(report)
-    assert "matomo_rt_archive_last_success" not in status.render_metrics(report).replace(
-        "matomo_rt_archive_last_success_timestamp", ""
-    )
-
-
-# -- Prometheus text -----------------------------------------------------------------------
-
-_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-_SAMPLE = re.compile(
-    rf"^({_NAME})(\{{{_LABEL}(?:,{_LABEL})*\}})? "
-    r"(-?(?:[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)|NaN|[+-]Inf)$"
-)
-_HELP = re.compile(rf"^# HELP ({_NAME}) (?:[^\\\n]|\\[\\n])*$")
-_TYPE = re.compile(rf"^# TYPE ({_NAME}) (counter|gauge|histogram|summary|untyped)$")
-
-
-def assert_exposition(text: str) -> dict[str, str]:
-    """Every line valid; HELP then TYPE then that metric's samples; each metric once."""
-    assert text.endswith("\n")
-    types: dict[str, str] = {}
-    current = None
-    for raw in text.splitlines():
-        if m := _HELP.match(raw):
-            assert m.group(1) not in types, f"{m.group(1)} described twice"
-            current = m.group(1)
-        elif m := _TYPE.match(raw):
-            assert m.group(1) == current, raw
-            types[current] = m.group(2)
-        elif m := _SAMPLE.match(raw):
-            assert m.group(1) == current, f"sample outside its block: {raw}"
-        else:
-            pytest.fail(f"not exposition format: {raw!r}")
-    return types
-
-
-def test_metrics_text_parses_and_names_the_promised_metrics(tmp_path: Path) -> None:
-    config = make_config(tmp_path, names=("access", "other"))
-    error = {"time": NOW - 5, "outcome": "failed", "reason": "x"}
-    commit_lines(
-        config,
-        "access",
-        2,
-        {
-            "lines_read": 2,
-            "imported": 2,
-            "last_success": NOW - 10,
-            "last_error": error,
-            "last_import_duration": 1.25,
-        },
-    )
-    archive_state(config, "success")
-    report = status.collect(config, now=NOW)
-    text = status.render_metrics(report)
-    types = assert_exposition(text)
-    for name in (
-        "matomo_rt_lines_read_total",
-        "matomo_rt_imported_total",
-        "matomo_rt_ignored_total",
-        "matomo_rt_quarantined_total",
-        "matomo_rt_failed_batches_total",
-        "matomo_rt_uncertain_batches_total",
-        "matomo_rt_archive_failures_total",
-    ):
-        assert types[name] == "counter"
-    for name in (
-        "matomo_rt_lag_bytes",
-        "matomo_rt_last_success_timestamp_seconds",
-        "matomo_rt_last_error_timestamp_seconds",
-        "matomo_rt_auth_paused",
-        "matomo_rt_archive_last_run_timestamp_seconds",
-        "matomo_rt_archive_last_duration_seconds",
-        "matomo_rt_archive_last_success",
-        "matomo_rt_last_import_duration_seconds",
-    ):
-        assert types[name] == "gauge"
-    assert 'matomo_rt_lines_read_total{log="access"} 2' in text
-    assert 'matomo_rt_lines_read_total{log="other"} 0' in text
-    assert 'matomo_rt_lag_bytes{log="access"} 0' in text
-    assert f'matomo_rt_last_success_timestamp_seconds{{log="access"}} {NOW - 10!r}' in text
-    assert 'matomo_rt_last_import_duration_seconds{log="access"} 1.25' in text
-    assert 'matomo_rt_auth_paused{log="access"} 0' in text
-    # Never succeeded: no sample rather than a misleading 0.
-    assert 'matomo_rt_last_success_timestamp_seconds{log="other"}' not in text
-
-
-def test_label_values_are_escaped() -> None:
-    report = {
-        "logs": [
-            {
-                "name": 'we"ird\\na\nme',
-                "error": None,
-                "totals": dict.fromkeys(status.TOTALS, 1),
-                "lag_bytes": 5,
-            }
-        ],
-        "archive": {},
-    }
-    text = status.render_metrics(report)
-    assert_exposition(text)
-    assert 'matomo_rt_lag_bytes{log="we\\"ird\\\\na\\nme"} 5' in text
-
-
-# -- textfile ------------------------------------------------------------------------------
-
-
-def test_textfile_needs_a_prom_name(tmp_path: Path) -> None:
-    with pytest.raises(status.MetricsError, match=r"\*\.prom"):
-        status.write_textfile(tmp_path / "metrics.txt", "x 1\n")
-
-
-def test_textfile_is_replaced_atomically(tmp_path: Path) -> None:
-    target = tmp_path / "matomo_rt.prom"
-    status.write_textfile(target, "a 1\n")
-    with open(target) as old:  # a reader of the old file keeps a whole old file
-        status.write_textfile(target, "a 2\n")
-        assert old.read() == "a 1\n"
-    assert target.read_text() == "a 2\n"
-    assert target.stat().st_mode & 0o777 == 0o644  # node_exporter runs as another user
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["matomo_rt.prom"]
-
-
-def test_textfile_in_an_impossible_place_is_one_line_naming_it(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("")
-    with pytest.raises(status.MetricsError) as exc:
-        status.write_textfile(tmp_path / "file" / "m.prom", "a 1\n")
-    assert str(tmp_path / "file") in str(exc.value) and "\n" not in str(exc.value)
-
-
-# -- HTTP ----------------------------------------------------------------------------------
-
-
-def fetch(url: str) -> tuple[int, str, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.headers["Content-Type"], response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers["Content-Type"], exc.read().decode()
-
-
-def test_metrics_server_serves_metrics_and_404_elsewhere(tmp_path: Path) -> None:
-    config = make_config(tmp_path)
-    commit_lines(config, "access", 1, {"lines_read": 1})
-    with status.MetricsServer(
-        "127.0.0.1:0", lambda: status.render_metrics(status.collect(config))
-    ) as server:
-        host, port = server.address
-        code, ctype, body = fetch(f"http://{host}:{port}/metrics")
-        assert code == 200
-        assert ctype.startswith("text/plain; version=0.0.4")
-        assert_exposition(body)
-        assert 'matomo_rt_lines_read_total{log="access"} 1' in body
-        code, _, _ = fetch(f"http://{host}:{port}/")
-        assert code == 404
-        code, _, _ = fetch(f"http://{host}:{port}/metrics/x")
-        assert code == 404
-    with pytest.raises(OSError):  # stopped: the port is closed
-        socket.create_connection((host, port), timeout=2).close()
-
-
-def test_metrics_server_answers_500_when_rendering_fails() -> None:
-    def broken() -> str:
-        raise RuntimeError("boom")
-
-    with status.MetricsServer("127.0.0.1:0", broken) as server:
-        host, port = server.address
-        code, _, body = fetch(f"http://{host}:{port}/metrics")
-        assert code == 500 and "boom" not in body
-
-
-def test_metrics_server_bind_error_names_the_address() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        server = status.MetricsServer(f"127.0.0.1:{port}", lambda: "")
-        with pytest.raises(status.MetricsError) as exc:
-            server.start()
-    message = str(exc.value)
-    assert f"127.0.0.1:{port}" in message and "\n" not in message
 
 
 # -- text helpers --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.e2e.harness import Rig, access_line, append
+from tests.e2e.harness import Rig, access_line, append, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +66,9 @@ def test_a_wrong_log_path_is_66_for_import_a_problem_for_status_and_one_error_fo
     real = rig.logs / "access.log"
     wrong = rig.logs / "acces.log"
     append(real, [access_line("/p/0")])
-    rig.write_config([("access", wrong)])
+    rig.write_config(
+        [("access", wrong)], extra=f'\n[metrics]\ntextfile = "{rig.base / "matomo_rt.prom"}"\n'
+    )
 
     once = rig.run("import")
     assert once.returncode == 66, once.stderr
@@ -84,9 +86,16 @@ def test_a_wrong_log_path_is_66_for_import_a_problem_for_status_and_one_error_fo
     ticks(service, 3)
     assert service.log().count("ERROR: access: ") == 1, service.log()
 
+    # The metrics say the same, from the service's memory.
+    prom = rig.base / "matomo_rt.prom"
+    missing = 'matomo_rt_problem{log="access",problem="log_missing"} 1.0'
+    wait_for(lambda: prom.exists() and missing in prom.read_text(), 10, "the textfile")
+    assert 'matomo_rt_healthy{log="access"} 0.0' in prom.read_text()
+
     os.link(real, wrong)  # the path fixed: the log appears where the config says
     service.wait_log("INFO: access: recovered: the log file is back")
     rig.wait_recorded(1)
+    wait_for(lambda: 'matomo_rt_healthy{log="access"} 1.0' in prom.read_text(), 10, "healthy")
     service.send(signal.SIGTERM)
     assert service.wait(15) == 0
     assert rig.run("status").returncode == 0
