@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the work failed (importer, archiver); the reason is logged
 EXIT_USAGE = 2  # bad command line
-EXIT_DATAERR = 65  # most recent lines of a log are not in the format matomo-rt reads
+EXIT_DATAERR = 65  # most recent lines of a log are not in its configured format
 EXIT_NOINPUT = 66  # the log file is missing or unreadable
 EXIT_CANTCREAT = 73  # the state cannot be written
 EXIT_TEMPFAIL = 75  # another matomo-rt holds the source's lock: try again later
@@ -159,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         "lines, check them, hand them to import_logs.py in bounded batches, and commit each "
         "batch only once Matomo holds it. Exit codes: 0 caught up, 1 an import failed (the "
         "offset was kept; it is retried next time), 65 most recent lines of a log were "
-        "quarantined (the log is in another format), 66 a log file is missing or unreadable, "
-        "73 the state cannot be written, 75 another matomo-rt works on a log, 77 Matomo refused "
-        "the token, 78 invalid configuration.",
+        "quarantined or unparseable (the log is in another format), 66 a log file is missing "
+        "or unreadable, 73 the state cannot be written, 75 another matomo-rt works on a log, "
+        "77 Matomo refused the token, 78 invalid configuration.",
     )
     imp.add_argument("--log", action="append", metavar="NAME", help="only this log (repeatable)")
     imp.add_argument(

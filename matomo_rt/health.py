@@ -270,6 +270,8 @@ class LogFacts:
     last_success: Optional[float] = None
     last_error: Optional[dict[str, Any]] = None
     auth_pause_until: Optional[float] = None
+    #: The format the log is read in (logs[].format), named by the wrong-format verdict.
+    log_format: str = "nginx_json"
     #: The file's problem as this process sees it now (missing and not-a-file look the same
     #: to every user; unreadable is the service's word, from `health.file`).
     file_now: Optional[tuple[str, str]] = None
@@ -285,13 +287,20 @@ def log_facts(
     lag_bytes: Optional[int] = None,
     token_key: Optional[str] = None,
     recorded: Optional[LogHealth] = None,
+    log_format: str = "nginx_json",
     now: float,
 ) -> LogFacts:
     """The facts of one log from its state document: the service's (in memory) and
     `status`'s (read from the file) are the same document, so both reach the same verdict."""
     if not document:
         return LogFacts(
-            name, path, state_error, has_state=False, ever_positioned=False, file_now=file_now
+            name,
+            path,
+            state_error,
+            has_state=False,
+            ever_positioned=False,
+            file_now=file_now,
+            log_format=log_format,
         )
     stats = document.get("stats")
     stats = stats if isinstance(stats, dict) else {}
@@ -310,6 +319,7 @@ def log_facts(
         last_error=error if isinstance(error, dict) else None,
         auth_pause_until=pause_until(stats, token_key, now),
         file_now=file_now,
+        log_format=log_format,
     )
 
 
@@ -348,14 +358,16 @@ def judge_log(facts: LogFacts, now: float, settings: Settings = Settings()) -> V
     lines = sum(r[1] for r in h.window)
     quarantined = sum(r[2] for r in h.window)
     if lines >= MIN_WINDOW_LINES and quarantined / lines >= settings.wrong_format_share:
+        fix = "set the log's format (logs[].format) to the one the web server writes"
+        if facts.log_format == "nginx_json":
+            fix = f"use the log_format of {CONTRIB_LOG_FORMAT} in nginx, or {fix}"
         problems.append(
             Problem(
                 WRONG_FORMAT,
-                f"{path}: {quarantined:,.0f} of the last {lines:,.0f} lines quarantined "
-                f"({_share(quarantined, lines)}): the log is not in the format matomo-rt reads "
-                "(nginx JSON)",
-                f"use the log_format of {CONTRIB_LOG_FORMAT} in nginx (or set the log's "
-                "format), then see the quarantine file for the lines held back",
+                f"{path}: {quarantined:,.0f} of the last {lines:,.0f} lines quarantined or "
+                f"unparseable ({_share(quarantined, lines)}): the log is not in its format "
+                f"({facts.log_format})",
+                fix,
             )
         )
     unmatched = sum(r[4] for r in h.window)

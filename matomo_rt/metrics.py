@@ -42,6 +42,11 @@ LOG_COUNTERS = (
     ("ignored", "matomo_rt_ignored_total", "Requests import_logs.py ignored (see its summary)."),
     ("quarantined", "matomo_rt_quarantined_total", "Lines held back in the quarantine file."),
     ("normalised", "matomo_rt_normalised_total", "Lines normalised before import."),
+    (
+        "invalid",
+        "matomo_rt_invalid_total",
+        "Lines import_logs.py could not parse in the log's format.",
+    ),
     ("refused", "matomo_rt_refused_total", "Requests Matomo refused as invalid."),
     ("unmatched", "matomo_rt_unmatched_total", "Requests whose host matched no Matomo site."),
     ("failed_batches", "matomo_rt_failed_batches_total", "Import batches that failed."),

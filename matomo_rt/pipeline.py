@@ -172,7 +172,8 @@ class Source:
         self.health.note_batch(
             self.clock(),
             int(updates.get("add_lines_read", 0)),
-            int(updates.get("add_quarantined", 0)),
+            # Lines the importer could not parse in the log's format count as held back too.
+            int(updates.get("add_quarantined", 0)) + int(updates.get("add_invalid", 0)),
             imported,
             int(updates.get("add_unmatched", 0)),
             tuple(hosts),
@@ -546,6 +547,7 @@ class Source:
                 lag_bytes=self.lag_bytes(),
                 token_key=auth_key(self.config.matomo.url, self.token),
                 recorded=self.health,
+                log_format=format_name(self.log_config),
                 now=self.clock(),
             ),
             self.clock(),
@@ -565,6 +567,11 @@ class Source:
         return lag_bytes(
             current.dev, current.ino, current.offset or 0, st.st_size, st.st_dev, st.st_ino
         )
+
+
+def format_name(log_config: LogConfig) -> str:
+    """The log's format as the health verdict names it."""
+    return "a custom format_regex" if log_config.format_regex else log_config.format
 
 
 def open_sources(

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from matomo_rt import health
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
-from matomo_rt.pipeline import auth_key, state_paths
+from matomo_rt.pipeline import auth_key, format_name, state_paths
 from matomo_rt.store import StateError, load_state, lock_holder
 from matomo_rt.tail.position import lag_bytes
 
@@ -32,6 +32,7 @@ TOTALS = (
     "ignored",
     "quarantined",
     "normalised",
+    "invalid",
     "refused",
     "unmatched",
     "failed_batches",
@@ -148,6 +149,7 @@ def _collect_log(
         file_now=file_now,
         lag_bytes=entry["lag_bytes"],
         token_key=token_key,
+        log_format=format_name(log_config),
         now=now,
     )
     if facts.auth_pause_until is not None:
@@ -411,7 +413,7 @@ def _log_rows(entry: dict[str, Any], now: float) -> list[tuple[str, str]]:
             "totals",
             f"{t['lines_read']:,} lines read, {t['imported']:,} imported, "
             f"{t['ignored']:,} ignored, {t['quarantined']:,} quarantined, "
-            f"{t['normalised']:,} normalised",
+            f"{t['normalised']:,} normalised, {t['invalid']:,} unparseable",
         )
     )
     rows.append(

@@ -43,7 +43,7 @@ def test_the_quarantined_share_of_the_window_names_a_wrong_format(
     assert (health.WRONG_FORMAT in kinds(verdict)) is wrong
     if wrong:
         [problem] = verdict.problems
-        assert "not in the format matomo-rt reads" in problem.message
+        assert "not in its format (nginx_json)" in problem.message
         assert "contrib/nginx/matomo-rt-log-format.conf" in problem.fix
 
 

@@ -149,7 +149,10 @@ def test_a_log_in_nginx_combined_format_is_named_wrong_format_with_the_fix(rig):
 
     once = rig.run("import")
     assert once.returncode == 65, once.stderr
-    message = "30 of the last 30 lines quarantined (100%): the log is not in the format"
+    message = (
+        "30 of the last 30 lines quarantined or unparseable (100%): the log is not in its"
+        " format (nginx_json)"
+    )
     assert message in once.stderr
     assert "use the log_format of contrib/nginx/matomo-rt-log-format.conf" in once.stderr
 
@@ -167,7 +170,7 @@ def test_a_log_in_nginx_combined_format_is_named_wrong_format_with_the_fix(rig):
     append(log, [COMBINED.format(s=n % 60, n=n).encode() for n in range(40, 50)])
     ticks(service, 2)
     assert service.log().count("ERROR: access: ") == 1, service.log()
-    assert "not in the format matomo-rt reads" in service.log()
+    assert "the log is not in its format (nginx_json)" in service.log()
     service.send(signal.SIGTERM)
     assert service.wait(15) == 0
 
