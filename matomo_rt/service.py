@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -34,6 +34,7 @@ from matomo_rt.config import load as load_config
 from matomo_rt.pipeline import Source, open_sources
 from matomo_rt.store import ensure_dir
 from matomo_rt.tail import ReaderError, StateError
+from matomo_rt.token import TokenFile
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class Service:
             job_defaults={"max_instances": 1, "coalesce": True},
         )
         self.metrics_server: Any = None
+        self.tokens: Optional[TokenFile] = None
+        self._tokens_lock = threading.Lock()
         #: What the last core:archive run did (read from its state once, then kept here).
         self.archive = archiver.load_facts(config)
         self.metrics = metrics.registry(
@@ -152,6 +155,13 @@ class Service:
         finally:
             self._log_health(source)
 
+    def _token(self) -> Optional[str]:
+        """The token as the file says now (one stat per tick; re-read when it changed)."""
+        with self._tokens_lock:
+            if self.tokens is None or self.tokens.matomo != self.config.matomo:
+                self.tokens = TokenFile(self.config.matomo, self.config.source)
+            return self.tokens.current()
+
     def _log_health(self, source: Source) -> None:
         """Log a change of the log's health once: ERROR on the way in, INFO on recovery."""
         if source.reader is None:
@@ -167,6 +177,10 @@ class Service:
         self._problems[source.name] = verdict.kinds()
 
     def _import_pass(self, source: Source) -> None:
+        token = self._token()
+        if token != source.token:  # fixed in place: lifts an authentication pause at once
+            source.token = token
+            source.retry_at = 0.0
         if time.time() < source.retry_at:
             return  # backing off after a failure
         # A reload, like a stop, waits for the running batch only, not the rest of a backlog.

@@ -273,8 +273,10 @@ class Rig:
         archive_timeout: str = "30s",
         extra_import: str = "",
         extra: str = "",
+        token_file: Optional[Path] = None,
     ) -> str:
         q = json.dumps  # a JSON string is a TOML basic string
+        token_line = f"token_auth_file = {q(str(token_file))}" if token_file else ""
         text = f"""\
 [matomo]
 url = {q(MATOMO_URL)}
@@ -282,6 +284,7 @@ path = {q(str(self.matomo))}
 import_logs = {q(str(IMPORT_DOUBLE))}
 python = {q(sys.executable)}
 php = {q(sys.executable)}
+{token_line}
 
 [import]
 interval = {q(interval)}

@@ -496,3 +496,31 @@ def test_two_archives_at_once_the_second_exits_75(rig):
     assert f"held by pid {first.pid}" in second.stderr
     assert first.wait(15) == 0, first.describe()
     assert len(rig.archive_runs()) == 1  # the second never started core:archive
+
+
+# ------------------------------------------------------------------------------------------
+# The token file, fixed while the service runs (issue 9, item 7)
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_fixed_token_file_lifts_the_pause_without_sighup_and_status_agrees(rig):
+    log = rig.logs / "access.log"
+    token = rig.base / "token"
+    token.write_text("wrong-token\n")
+    token.chmod(0o600)
+    rig.write_config([("access", log)], token_file=token)
+    rig.set_control({"valid_tokens": ["right-token"]})
+    append(log, lines("t", 0, 3))
+    service = rig.start_service()
+    service.wait_log("Matomo refused the token")
+    paused = rig.run("status")
+    assert paused.returncode == 1 and "AUTH PAUSE" in paused.stdout, paused.stdout
+
+    token.write_text("right-token\n")  # fixed in place: no SIGHUP, no restart
+    service.wait_log("INFO: the token file changed: using the new token")
+    assert_exactly_once(rig.wait_recorded(3), lines("t", 0, 3))
+    service.wait_log("INFO: access: recovered: the authentication pause is over")
+    fixed = rig.run("status")
+    assert fixed.returncode == 0 and "AUTH PAUSE" not in fixed.stdout, fixed.stdout
+    service.send(signal.SIGTERM)
+    assert service.wait(15) == 0
