@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+import sys
 from pathlib import Path
 
+import pytest
+
+from matomo_rt import archiver
 from matomo_rt.archiver import FAILURE, SUCCESS, TIMEOUT, WARNING, build_argv, classify
+from matomo_rt.config import load
 
 USAGE = "\x1b[32mcore:archive [--url URL] [--skip-idsites [SKIP-IDSITES]]\x1b[39m\n"
 
@@ -35,3 +43,30 @@ def test_warning_success_and_timeout() -> None:
     assert classify(0, "done", "", False) == (SUCCESS, "")
     assert classify(None, "", "", True)[0] == TIMEOUT
     assert classify(1, "", 'The "--bogus" option does not exist.', False)[0] == FAILURE
+
+
+def test_a_one_shot_archive_says_it_started_and_how_long_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Off a terminal (cron, a pipe): an INFO line every PROGRESS_EVERY seconds instead of
+    minutes of silence (shortened here; 10 s in use)."""
+    root = Path(__file__).resolve().parent
+    matomo = tmp_path / "matomo"
+    matomo.mkdir()
+    shutil.copy2(root / "doubles" / "console", matomo / "console")
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"mode": "ok", "seconds": 1.0}))
+    monkeypatch.setenv("ARCHIVE_DOUBLE_CONTROL", str(control))
+    monkeypatch.setenv("ARCHIVE_DOUBLE_CALLS", str(tmp_path / "calls.jsonl"))
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(
+        f'[matomo]\nurl = "http://127.0.0.1:9"\npath = "{matomo}"\nphp = "{sys.executable}"\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    monkeypatch.setattr(archiver._Progress, "PROGRESS_EVERY", 0.2)
+    with caplog.at_level(logging.INFO, logger="matomo_rt.archiver"):
+        result = archiver.run_archive(load(config_path), progress=True)
+    assert result.outcome == archiver.SUCCESS
+    assert "core:archive: started" in caplog.text
+    assert "core:archive: still running (" in caplog.text
+    assert "core:archive done in" in caplog.text
