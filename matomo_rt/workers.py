@@ -108,14 +108,15 @@ def load_open(source: Source) -> Optional[OpenBatch]:
     return OpenBatch.from_json(data, str(source.state_path))
 
 
-def workers_for(configured: int, batch_lines: int, lines: int) -> int:
-    """How many importers a new batch of `lines` lines gets (1: the unpartitioned path).
+#: A new batch gets one worker per this many lines (or per batch_lines, if fewer), up to
+#: `workers`: every import_logs.py run costs a start-up and up to a second of polling at its
+#: end, whatever it imports, so a live log's few new lines keep one importer.
+LINES_PER_WORKER = 1000
 
-    One per `batch_lines` lines, up to `configured`: every import_logs.py run costs a start-up
-    and up to a second of polling at its end whatever it imports, so a live log's small
-    batches keep one importer and only a backlog is split.
-    """
-    return max(1, min(configured, -(-lines // batch_lines)))
+
+def workers_for(configured: int, batch_lines: int, lines: int) -> int:
+    """How many importers a new batch of `lines` lines gets (1: the unpartitioned path)."""
+    return max(1, min(configured, lines // min(LINES_PER_WORKER, batch_lines)))
 
 
 def digest(batch: Batch) -> str:

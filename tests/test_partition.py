@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from matomo_rt.guard import check_line
-from matomo_rt.partition import json_ip, partition_of, split, visitor_key
+from matomo_rt.partition import json_ip, split, visitor_key
 
 
 def line(ip: str, path: str = "/", **extra: object) -> bytes:
@@ -37,18 +37,29 @@ def test_only_formats_naming_the_visitor_are_split() -> None:
     assert visitor_key("ncsa_extended") is None
 
 
-def test_the_partition_does_not_depend_on_the_process() -> None:
-    """Python's hash() of a str changes per process; the split must not."""
+def test_the_split_does_not_depend_on_the_process() -> None:
+    """Python's hash() of a str changes per process; the split of a batch must not."""
     code = (
-        "from matomo_rt.partition import partition_of;"
-        "print([partition_of(b'198.51.100.%d' % i, 4) for i in range(50)])"
+        "from matomo_rt.partition import json_ip, split;"
+        "from tests.test_partition import line;"
+        "print(split([line('198.51.100.%d' % (i * 7 % 40), str(i)) for i in range(300)], 4,"
+        " json_ip))"
     )
     runs = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
         for _ in range(2)
     }
-    assert runs == {str([partition_of(b"198.51.100.%d" % i, 4) for i in range(50)]) + "\n"}
-    assert partition_of(None, 4) == 0 and partition_of(b"x", 1) == 0
+    lines = [line(f"198.51.100.{i * 7 % 40}", str(i)) for i in range(300)]
+    assert runs == {str(split(lines, 4, json_ip)) + "\n"}
+
+
+def test_visitors_are_spread_so_the_partitions_are_about_equal() -> None:
+    """250 visitors with skewed traffic: no partition waits far behind the others."""
+    lines = [line(f"10.0.{i % 250 % 17}.{i % 250}", f"/{i}") for i in range(5000)]
+    lines += [line("10.9.9.9", f"/big/{i}") for i in range(300)]  # one heavy visitor
+    parts = split(lines, 4, json_ip)
+    sizes = sorted(len(p) for p in parts)
+    assert sizes[-1] - sizes[0] <= 20, sizes
 
 
 ips = st.sampled_from([f"10.0.0.{i}" for i in range(12)] + ["2001:db8::7", "::1"])
@@ -63,8 +74,12 @@ def test_split_partitions_the_lines_keeping_each_visitor_together_and_in_order(
     assert len(parts) == k
     assert sorted(i for part in parts for i in part) == list(range(len(lines)))
     assert all(part == sorted(part) for part in parts)
-    owner = {}
+    owner: dict[str, int] = {}
     for p, part in enumerate(parts):
         for i in part:
             assert owner.setdefault(visitors[i], p) == p
     assert split(lines, k, json_ip) == parts
+    # About equal: no partition exceeds another by more than its largest visitor's lines.
+    sizes = [len(part) for part in parts]
+    largest = max((visitors.count(v) for v in set(visitors)), default=0)
+    assert max(sizes) - min(sizes) <= largest
