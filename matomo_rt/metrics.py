@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from matomo_rt import health
+from matomo_rt import health, workers
 from matomo_rt.store import atomic_write
 
 if TYPE_CHECKING:
@@ -117,6 +117,15 @@ class ServiceCollector(Collector):
             "Share of the recent lines (about the last 200) that were quarantined.",
         )
         healthy = gauge("matomo_rt_healthy", "1 when the log is healthy (see `matomo-rt status`).")
+        runs = CounterMetricFamily(
+            "matomo_rt_worker_runs_total",
+            "import_logs.py runs of batches split among import.workers, by outcome.",
+            labels=["log", "outcome"],
+        )
+        pending = gauge(
+            "matomo_rt_open_batch_pending_requests",
+            "Requests of a split batch not yet in Matomo (0: no batch is open).",
+        )
         problem = gauge(
             "matomo_rt_problem",
             "1 while the log has this problem (README, Operations, lists them).",
@@ -144,10 +153,16 @@ class ServiceCollector(Collector):
             if lines:
                 ratio.add_metric([name], sum(r[2] for r in source.health.window) / lines)
             healthy.add_metric([name], int(verdict.healthy))
+            worker_runs = stats.get("worker_runs")
+            for outcome, count in sorted((worker_runs or {}).items()):
+                if type(count) is int and count >= 0:
+                    runs.add_metric([name, str(outcome)], count)
+            pending.add_metric([name], workers.pending_requests(source))
             for kind in health.LOG_PROBLEMS:
                 problem.add_metric([name, kind], int(kind in kinds))
         yield from counters.values()
         yield from (lag, success, error, duration, paused, backoff, ratio, healthy, problem)
+        yield from (runs, pending)
 
     def _archive(self, facts: health.ArchiveFacts, now: float) -> Iterator[Metric]:
         def gauge(name: str, doc: str, value: Optional[float]) -> Iterator[Metric]:

@@ -22,6 +22,7 @@ from matomo_rt.config import TOKEN_ENV, Config, LogConfig
 from matomo_rt.pipeline import auth_key, format_name, state_paths
 from matomo_rt.store import StateError, load_state, lock_holder
 from matomo_rt.tail.position import lag_bytes
+from matomo_rt.workers import OpenBatch
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,11 @@ def _read_document(
     for key in TOTALS:
         value = _number(stats.get(key))
         entry["totals"][key] = int(value) if value is not None else 0
+    runs = stats.get("worker_runs")
+    entry["worker_runs"] = {
+        str(k): v for k, v in (runs if isinstance(runs, dict) else {}).items() if type(v) is int
+    }
+    entry["open_batch"] = _open_batch(document.get("open_batch"))
     entry["last_success"] = _number(stats.get("last_success"))
     entry["last_import_duration"] = _number(stats.get("last_import_duration"))
     error = stats.get("last_error")
@@ -206,6 +212,23 @@ def _read_document(
             "outcome": str(error.get("outcome", "")),
             "reason": str(error.get("reason", "")),
         }
+
+
+def _open_batch(data: Any) -> Optional[dict[str, Any]]:
+    """A batch split among workers with shares still to import (matomo_rt.workers)."""
+    if not data:
+        return None
+    try:
+        opened = OpenBatch.from_json(data, "state")
+    except StateError:
+        return {"damaged": True}
+    return {
+        "workers": opened.workers,
+        "lines": opened.lines,
+        "partitions_done": sum(1 for d, s in zip(opened.done, opened.sizes) if d >= s),
+        "requests_done": sum(opened.done),
+        "requests": sum(opened.sizes),
+    }
 
 
 def _os_reason(exc: OSError) -> str:
@@ -425,6 +448,22 @@ def _log_rows(entry: dict[str, Any], now: float) -> list[tuple[str, str]]:
     rows.append(
         ("batches", f"{t['failed_batches']:,} failed, {t['uncertain_batches']:,} uncertain")
     )
+    if entry.get("worker_runs"):
+        runs = ", ".join(f"{n:,} {k}" for k, n in sorted(entry["worker_runs"].items()))
+        rows.append(("worker runs", runs))
+    opened = entry.get("open_batch")
+    if opened is not None:
+        if opened.get("damaged"):
+            rows.append(("OPEN BATCH", "damaged: move the state file aside, `matomo-rt seek`"))
+        else:
+            rows.append(
+                (
+                    "open batch",
+                    f"{opened['lines']:,} lines split among {opened['workers']} workers:"
+                    f" {opened['partitions_done']} done, {opened['requests_done']:,} of"
+                    f" {opened['requests']:,} requests in Matomo; the next pass sends the rest",
+                )
+            )
     quarantine = entry["quarantine"]
     if quarantine is not None:
         count = quarantine.get("lines")

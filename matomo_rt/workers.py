@@ -114,6 +114,15 @@ def load_open(source: Source) -> Optional[OpenBatch]:
 LINES_PER_WORKER = 1000
 
 
+def pending_requests(source: Source) -> int:
+    """Requests of the open batch not yet in Matomo (0 when none is open or it is damaged)."""
+    try:
+        opened = load_open(source)
+    except StateError:
+        return 0
+    return 0 if opened is None else sum(opened.sizes) - sum(opened.done)
+
+
 def workers_for(configured: int, batch_lines: int, lines: int) -> int:
     """How many importers a new batch of `lines` lines gets (1: the unpartitioned path)."""
     return max(1, min(configured, lines // min(LINES_PER_WORKER, batch_lines)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -272,3 +273,40 @@ def test_a_state_without_an_open_batch_from_the_previous_version_loads(rig: Rig)
     config = rig.write_config(batch_lines=10, workers=4)
     assert one_pass(config).caught_up
     assert tally(data + more, rig.recorded()) == (0, 0)
+
+
+def test_status_and_metrics_show_worker_outcomes_and_the_open_batch(rig: Rig) -> None:
+    from matomo_rt import status
+    from tests.test_metrics import exposition, log_sample
+
+    config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
+    data = lines_of(0, 20)
+    rig.append(data)
+    parts = partitions(data, 2)
+    rig.set_control(fatal_at_path=path_of(parts[1][2]))
+    assert one_pass(config).outcome == importer.PARTIAL
+
+    [entry] = status.collect(config)["logs"]
+    assert entry["worker_runs"] == {"success": 1, "partial": 1}
+    pending = len(parts[1]) - 2
+    assert entry["open_batch"] == {
+        "workers": 2,
+        "lines": 20,
+        "partitions_done": 1,
+        "requests_done": len(parts[0]) + 2,
+        "requests": 20,
+    }
+    text = status.render_text(status.collect(config))
+    assert re.search(r"worker runs +1 partial, 1 success\n", text)
+    assert f"1 done, {len(parts[0]) + 2} of 20 requests in Matomo" in text
+    metrics = exposition(config, ("web",))
+    assert log_sample(metrics, "matomo_rt_worker_runs_total", "web", outcome="partial") == 1
+    assert log_sample(metrics, "matomo_rt_open_batch_pending_requests", "web") == pending
+
+    rig.clear_control()
+    assert one_pass(config).caught_up
+    [entry] = status.collect(config)["logs"]
+    assert entry["open_batch"] is None
+    assert entry["worker_runs"] == {"success": 2, "partial": 1}
+    metrics = exposition(config, ("web",))
+    assert log_sample(metrics, "matomo_rt_open_batch_pending_requests", "web") == 0
