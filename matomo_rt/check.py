@@ -20,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
@@ -575,6 +576,8 @@ def _check_matomo(
         c.warn(f"API.getMatomoVersion: {answer.message}")
     else:
         c.ok("Matomo accepted the token")
+    if config.import_.workers > 1:
+        _check_connections(c, api, config.import_.workers)
 
     writable = _check_write_access(c, api)
     if writable is None and api.stopped is not None:
@@ -582,6 +585,22 @@ def _check_matomo(
         return
     for log_config in config.logs:
         _check_hosts(c, config, api, log_config, writable, unblock)
+
+
+def _check_connections(c: Checklist, api: MatomoApi, workers: int) -> None:
+    """import.workers runs that many importers at once: Matomo must answer that many."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        answers = list(pool.map(lambda _: api.call("API.getMatomoVersion"), range(workers)))
+    bad = [a for a in answers if a.kind != "ok"]
+    if not bad:
+        c.ok(f"Matomo answered {workers} requests at once (import.workers = {workers})")
+        return
+    first = bad[0]
+    c.fail(
+        f"of {workers} requests at once (import.workers = {workers}), {len(bad)} failed:"
+        f" {first.message or first.kind}",
+        "give Matomo more PHP workers (php-fpm pm.max_children) or lower import.workers",
+    )
 
 
 def _check_write_access(c: Checklist, api: MatomoApi) -> Optional[set[int]]:

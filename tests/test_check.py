@@ -47,6 +47,12 @@ class CheckMatomo(FakeMatomo):
         self.write_sites = write_sites or []
         self.blocked = blocked  # None, "json" or "html"
         self.raw_queries: list[str] = []
+        #: After the first version call: a barrier the next ones must meet (all in flight at
+        #: once), or an HTTP status for them (a Matomo out of PHP workers).
+        self.version_barrier: Optional[threading.Barrier] = None
+        self.version_status: Optional[int] = None
+        self.version_calls = 0
+        self._version_lock = threading.Lock()
 
     def start(self) -> CheckMatomo:
         """As FakeMatomo.start, polling for shutdown every 20 ms instead of 500 (test speed)."""
@@ -61,6 +67,14 @@ class CheckMatomo(FakeMatomo):
 
     def handle(self, path: str, query: str, body: bytes, content_type: str) -> tuple[int, str, str]:
         self.raw_queries.append(query)
+        if "method=API.getMatomoVersion" in query:  # before FakeMatomo's lock: side by side
+            with self._version_lock:
+                self.version_calls += 1
+                later = self.version_calls > 1
+            if later and self.version_status is not None:
+                return self.version_status, "text/html", "<html>Service Unavailable</html>"
+            if later and self.version_barrier is not None:
+                self.version_barrier.wait(timeout=10)  # raises unless all are in flight at once
         if self.blocked is not None:
             with self._lock:
                 self._calls.append({"kind": "api", "path": path, "method": "(blocked)"})
@@ -510,3 +524,24 @@ def test_flags_are_resolved_against_the_scripts_own_options(
         " --enable-http-redirects, --enable-reverse-dns, --enable-static, --enable-testmode) —"
         " import_logs.py would refuse every batch; fix it",
     ]
+
+
+def test_workers_are_checked_with_as_many_requests_at_once(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    matomo.version_barrier = threading.Barrier(3)
+    code, text = check(make_config(env, matomo.url, "\n[import]\nworkers = 3\n"))
+    assert code == 0, text
+    assert "[ok] Matomo answered 3 requests at once (import.workers = 3)" in text
+    assert matomo.version_calls == 4
+
+
+def test_a_matomo_without_room_for_the_workers_fails(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    matomo.version_status = 503
+    code, text = check(make_config(env, matomo.url, "\n[import]\nworkers = 2\n"))
+    assert code == 1
+    [line] = fails(text)
+    assert "of 2 requests at once (import.workers = 2), 2 failed" in line
+    assert "pm.max_children" in line
