@@ -146,13 +146,11 @@ def run_seek(config: Config, name: str, to: str) -> int:
         log.error("%s (stop it before seeking)", exc)
         return EXIT_TEMPFAIL
     try:
-        assert source.reader is not None
         try:
-            position = source.reader.seek_position(to)
+            position = source.seek(to)
         except ValueError as exc:
             log.error("seek --to %s: %s", to, exc)
             return 2
-        source.reader.commit(position)
         current = position.current
         log.info(
             "%s: next import starts at byte %s of %s",

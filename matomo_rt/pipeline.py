@@ -22,8 +22,9 @@ from matomo_rt import execute, health, workers
 from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.guard import GuardResult, Quarantine, checker, guarded_chunks
 from matomo_rt.matomo import importer
+from matomo_rt.store import load_state, save_state
 from matomo_rt.tail import Batch, LogReader, SourceLock, StateError
-from matomo_rt.tail.position import Position, lag_bytes
+from matomo_rt.tail.position import Position, lag_bytes, stored_position
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,12 @@ def auth_key(url: Optional[str], token: Optional[str]) -> str:
 
 
 class Source:
-    """One configured log: its lock, reader, quarantine and statistics.
+    """One configured log: its lock, reader, quarantine, position and statistics.
 
     Open it (taking the lock) for as long as this process works on the log; the service keeps
-    it open, the one-shot commands for one pass.
+    it open, the one-shot commands for one pass. The Source alone owns the state document (the
+    position and the statistics, committed together in one atomic write); the reader is handed
+    a position and hands back positions.
     """
 
     def __init__(
@@ -105,6 +108,10 @@ class Source:
         self.health = health.LogHealth()
         self._pass_imported = 0  # requests imported by the running pass, for the health facts
         self._last_duration = 0.0  # seconds the last import_logs.py run took
+        #: The state document as last written (or kept in memory while the disk refuses it).
+        self.document: dict[str, Any] = {}
+        #: Where the next batch starts: past every line Matomo holds.
+        self.position = Position()
         self.consecutive_failures = 0
         self.retry_at = 0.0
         self.unsaved = False
@@ -114,15 +121,18 @@ class Source:
     def open(self) -> Source:
         self.lock.acquire()
         try:
+            document = load_state(self.state_path)
+            self.position = stored_position(document, self.state_path)
+            self.document = {k: v for k, v in (document or {}).items() if k != "format"}
             self.reader = LogReader(
                 self.log_config.path,
-                self.state_path,
                 start_at=self.config.start_at(self.log_config),
                 other_logs=tuple(
                     other.path.name
                     for other in self.config.logs
                     if other.path.parent == self.log_config.path.parent
                 ),
+                not_ours=(self.state_path.name, self.lock_path.name, self.quarantine.path.name),
                 max_line_bytes=MAX_LINE_BYTES,
                 on_oversized=self._quarantine_oversized,
             )
@@ -137,10 +147,19 @@ class Source:
         if self.dry_run:
             return
         self.quarantine.add([(f"line of {length} bytes, longer than {MAX_LINE_BYTES}", head)])
-        assert self.reader is not None
         stats = self.stats
         stats["quarantined"] = _count(stats.get("quarantined")) + 1
-        self.reader.document = {**self.reader.document, "stats": stats}
+        self.document = {**self.document, "stats": stats}
+
+    def seek(self, to: str) -> Position:
+        """Move the position to "start", "end" or a byte of the live file; statistics kept.
+
+        ValueError for a `to` that is not a place in the file.
+        """
+        assert self.reader is not None, "open() the source first"
+        position = self.reader.seek_position(to)
+        self._commit(position)
+        return position
 
     def close(self) -> None:
         self.reader = None
@@ -156,15 +175,25 @@ class Source:
 
     @property
     def stats(self) -> dict[str, Any]:
-        assert self.reader is not None
-        stats = self.reader.document.get("stats")
+        stats = self.document.get("stats")
         return dict(stats) if isinstance(stats, dict) else {}
+
+    def _save(self, position: Position, document: dict[str, Any]) -> None:
+        """Write the position and `document` (statistics and other keys) in one atomic write;
+        StateError if the disk refuses it."""
+        document = {
+            **document,
+            "log": str(self.log_config.path),
+            "position": position.to_json(),
+            "updated": time.time(),
+        }
+        save_state(self.state_path, document)
+        self.document = document
 
     def _commit(
         self, position: Position, document: Optional[dict[str, Any]] = None, **updates: Any
     ) -> None:
         """Make `position`, the statistics' `updates` and other `document` keys durable."""
-        assert self.reader is not None
         extra = {**(document or {})}
         stats = self.stats
         hosts = updates.pop("unmatched_hosts", ())
@@ -189,28 +218,28 @@ class Source:
                 stats[key] = value
         extra["stats"] = stats
         if self.dry_run:
-            self.reader.committed = position
-            self.reader.document = {**self.reader.document, **extra}
+            self.position = position
+            self.document = {**self.document, **extra}
             return
         try:
-            self.reader.commit(position, extra)
+            self._save(position, {**self.document, **extra})
         except StateError:
             # Matomo may hold lines the disk does not know about: never offer them again from
             # this process. Keep the position in memory; the next pass writes it before it
             # imports anything.
-            self.reader.committed = position
-            self.reader.document = {**self.reader.document, **extra}
+            self.document = {**self.document, **extra}
             self.unsaved = True
             raise
+        finally:
+            self.position = position
         self.unsaved = False
 
     def _save_unsaved(self) -> Optional[str]:
         """Retry writing a position the disk refused; the reason while it still fails."""
-        assert self.reader is not None
         if not self.unsaved:
             return None
         try:
-            self.reader.commit(self.reader.committed, {"stats": self.stats})
+            self._save(self.position, self.document)
         except StateError as exc:
             return f"{exc}; no import until the position can be saved"
         self.unsaved = False
@@ -219,9 +248,8 @@ class Source:
 
     def _record_error(self, outcome: str, reason: str, **extra: Any) -> None:
         """Keep the offset, remember the error for `status`."""
-        assert self.reader is not None
         error = {"time": self.clock(), "outcome": outcome, "reason": reason}
-        self._commit(self.reader.committed, last_error=error, add_failed_batches=1, **extra)
+        self._commit(self.position, last_error=error, add_failed_batches=1, **extra)
 
     def auth_paused(self) -> Optional[str]:
         """Why imports are paused after Matomo refused the token, or None."""
@@ -273,10 +301,10 @@ class Source:
             imp = self.config.import_
             opened = workers.load_open(self)
             if opened is not None:  # the same lines again, split the same way
-                batch = self.reader.read_batch(opened.lines, 1 << 62)
+                batch = self.reader.read_batch(self.position, opened.lines, 1 << 62)
             else:  # up to one importer run's worth per worker
                 batch = self.reader.read_batch(
-                    imp.workers * imp.batch_lines, imp.workers * imp.batch_bytes
+                    self.position, imp.workers * imp.batch_lines, imp.workers * imp.batch_bytes
                 )
             if batch.lines == 0 and opened is None:
                 now = self.clock()
@@ -287,7 +315,7 @@ class Source:
                     # monitoring (but a missing log is no success). Recorded at most once a
                     # minute to spare the disk.
                     self._commit(batch.end, last_success=now)
-                elif batch.end != self.reader.committed:
+                elif batch.end != self.position:
                     self._commit(batch.end)
                 report.caught_up = True
                 if report.outcome == "idle":
@@ -330,7 +358,7 @@ class Source:
         if self.dry_run or self.reader is None or self.unsaved:
             return
         try:
-            self._commit(self.reader.committed)
+            self._commit(self.position)
         except StateError as exc:
             log.debug("%s: cannot record health facts: %s", self.name, exc)
 
@@ -536,13 +564,12 @@ class Source:
 
     def verdict(self) -> health.Verdict:
         """This log's health from what this process knows (its memory, not the state file)."""
-        assert self.reader is not None
         file = self.health.file
         return health.judge_log(
             health.log_facts(
                 self.name,
                 str(self.log_config.path),
-                self.reader.document,
+                self.document,
                 file_now=(file["kind"], str(file.get("reason", ""))) if file else None,
                 lag_bytes=self.lag_bytes(),
                 token_key=auth_key(self.config.matomo.url, self.token),
@@ -556,12 +583,11 @@ class Source:
 
     def lag_bytes(self) -> Optional[int]:
         """Bytes of the live file not yet committed (rotated leftovers not counted)."""
-        assert self.reader is not None
         try:
             st = os.stat(self.log_config.path)
         except OSError:
             return None
-        current = self.reader.committed.current
+        current = self.position.current
         if current is None:
             return st.st_size
         return lag_bytes(

@@ -102,7 +102,7 @@ class OpenBatch:
 def load_open(source: Source) -> Optional[OpenBatch]:
     """The batch a previous pass left open, if any."""
     assert source.reader is not None
-    data = source.reader.document.get("open_batch")
+    data = source.document.get("open_batch")
     if not data:
         return None
     return OpenBatch.from_json(data, str(source.state_path))
@@ -332,7 +332,7 @@ def _record_run(
     # Nothing of it in Matomo yet: no need to hold the batch (or its K) open.
     opened = state.to_json() if any(state.done) else None
     source._commit(
-        source.reader.committed,
+        source.position,
         document={"open_batch": opened},
         add_imported=imported,
         add_refused=result.refused_hits,
@@ -434,5 +434,5 @@ def _reopen(source: Source, opened: OpenBatch, report: PassReport) -> bool:
         done,
     )
     report.uncertain += 1
-    source._commit(source.reader.committed, document={"open_batch": None}, add_uncertain_batches=1)
+    source._commit(source.position, document={"open_batch": None}, add_uncertain_batches=1)
     return True

@@ -9,6 +9,7 @@ the state file and "delivered" against the record, byte for byte.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -727,19 +728,20 @@ def test_a_position_the_disk_refused_is_never_imported_again(
 ) -> None:
     """Matomo took the batch, then the state write failed (disk full): the process keeps the
     position, imports nothing more until it is saved, and never sends that batch again."""
-    from matomo_rt.tail import LogReader, StateError
+    import matomo_rt.pipeline
+    from matomo_rt.tail import StateError
 
     config = rig.write_config(batch_lines=100)
     rig.append(lines_of(0, 5))
-    real_commit = LogReader.commit
+    real_save = matomo_rt.pipeline.save_state
     failing = [True]
 
-    def commit(self: LogReader, *args: Any, **kwargs: Any) -> None:
+    def save_state(*args: Any) -> None:
         if failing[0]:
             raise StateError("state.json: cannot write state: No space left on device")
-        real_commit(self, *args, **kwargs)
+        real_save(*args)
 
-    monkeypatch.setattr(LogReader, "commit", commit)
+    monkeypatch.setattr(matomo_rt.pipeline, "save_state", save_state)
     (source,) = open_sources(config)
     with source:
         with pytest.raises(StateError):
@@ -802,3 +804,38 @@ def test_the_source_and_status_agree_on_health(rig: Rig, workers: int) -> None:
         report = source.run_pass()
         assert report.file_problem == (health.LOG_MISSING, "no such file")
         assert _status_kinds(config) == source.verdict().kinds()
+
+
+def test_a_state_written_by_the_previous_version_loads_and_keeps_its_statistics(
+    rig: Rig,
+) -> None:
+    """The Source owns the state document: one written before the reader stopped owning it
+    (format 1, "log"/"position"/"updated"/"stats") resumes at its position, and the statistics
+    in it are carried on by the next commit."""
+    config = rig.write_config(batch_lines=100)
+    rig.append(lines_of(0, 3))
+    st = rig.log.stat()
+    document = {
+        "format": 1,
+        "log": str(rig.log),
+        "position": {
+            "initialized": True,
+            "current": {
+                "dev": st.st_dev,
+                "ino": st.st_ino,
+                "fingerprint": {"length": 0, "sha256": hashlib.sha256(b"").hexdigest()},
+                "offset": sum(len(x) for x in lines_of(0, 2)),
+                "name": rig.log.name,
+                "compression": None,
+            },
+            "finished": [],
+        },
+        "updated": 1_700_000_000.0,
+        "stats": {"lines_read": 2, "imported": 2, "quarantined": 7},
+    }
+    (rig.state / "web.state.json").write_text(json.dumps(document))
+    assert one_pass(config).caught_up
+    assert rig.recorded() == lines_of(2, 3)  # resumed at the stored offset
+    stats = rig.stats()
+    assert (stats["lines_read"], stats["imported"], stats["quarantined"]) == (3, 3, 7)
+    assert rig.state_doc()["format"] == 1 and rig.offset() == st.st_size

@@ -21,7 +21,7 @@ from matomo_rt import status, store
 from matomo_rt.config import Config, StateConfig, load
 from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, auth_key, state_paths
 from matomo_rt.store import save_state
-from matomo_rt.tail import LogReader
+from matomo_rt.tail import LogReader, Position
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_800_000_000.0
@@ -75,18 +75,24 @@ def make_config(
 
 def commit_lines(
     config: Config, name: str, lines: int, stats: Optional[dict[str, Any]] = None
-) -> LogReader:
-    """Write `lines` lines to the log, read them with a real LogReader and commit."""
+) -> None:
+    """Write `lines` lines to the log, read them with a real LogReader and commit them (with
+    `stats`) in a state document shaped as the Source writes it."""
     log_config = config.log(name)
     with open(log_config.path, "ab") as fh:
         for n in range(lines):
             fh.write(line(n))
     state_path = state_paths(config, log_config)[0]
-    reader = LogReader(log_config.path, state_path, start_at="beginning")
-    batch = reader.read_batch(10_000, 1 << 20)
+    reader = LogReader(log_config.path, start_at="beginning")
+    batch = reader.read_batch(Position(), 10_000, 1 << 20)
     assert batch.lines == lines
-    reader.commit(batch.end, {"stats": stats or {}})
-    return reader
+    document = {
+        "log": str(log_config.path),
+        "position": batch.end.to_json(),
+        "updated": time.time(),
+        "stats": stats or {},
+    }
+    save_state(state_path, document)
 
 
 def entry_of(report: dict[str, Any], name: str = "access") -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from matomo_rt.store import LockedError, SourceLock, StateError
 from matomo_rt.tail.position import Generation, Position
-from matomo_rt.tail.reader import Batch, LogReader, ReaderError
+from matomo_rt.tail.reader import Batch, LogReader, ReaderError, Reading
 
 __all__ = [
     "Batch",
@@ -11,6 +11,7 @@ __all__ = [
     "LogReader",
     "Position",
     "ReaderError",
+    "Reading",
     "SourceLock",
     "StateError",
 ]

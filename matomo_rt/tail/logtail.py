@@ -9,11 +9,12 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 
-from matomo_rt.store import SourceLock, StateError, load_state
+from matomo_rt.store import SourceLock, StateError, load_state, save_state
 from matomo_rt.tail.identity import Fingerprint, read_head
-from matomo_rt.tail.position import Generation, Position
+from matomo_rt.tail.position import Generation, Position, stored_position
 from matomo_rt.tail.reader import LogReader
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
@@ -84,22 +85,23 @@ def run_tail(
     """Print what is new in `log` since the offset in `offset_file`; returns an exit code."""
     offset_file = offset_file or default_offset_file(log)
     with SourceLock(offset_file.with_name(offset_file.name + ".lock")):
-        position: Optional[Position] = None
         try:
-            load_state(offset_file)
+            position = stored_position(load_state(offset_file), offset_file)
         except StateError:
-            position = from_logtail_offset(log, offset_file)
-            if position is None:
+            logtail_position = from_logtail_offset(log, offset_file)
+            if logtail_position is None:
                 raise
+            position = logtail_position
             print(f"matomo-rt: {offset_file}: continuing from logtail's offset", file=sys.stderr)
         # logtail's file stays until our first commit replaces it: with -t, or when the output
         # fails, the next run still starts from logtail's offset.
-        reader = LogReader(log, offset_file, start_at=start_at, position=position)
-        if not log.exists() and not reader.committed.initialized:
+        if not log.exists() and not position.initialized:
             print(f"matomo-rt: {log}: no such file", file=sys.stderr)
             return 66
+        reader = LogReader(log, start_at=start_at, not_ours=(offset_file.name,))
+        reading = reader.read(position)
         try:
-            for chunk in reader.chunks():
+            for chunk in reading:
                 _write_all(out_fd, chunk.data)
         except BrokenPipeError:
             return 1
@@ -108,5 +110,10 @@ def run_tail(
                 return 1
             raise
         if not test_mode:
-            reader.commit(reader.planned)
+            document = {
+                "log": str(log),
+                "position": reading.position.to_json(),
+                "updated": time.time(),
+            }
+            save_state(offset_file, document)
     return 0

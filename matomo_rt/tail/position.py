@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+from matomo_rt.store import StateError
 from matomo_rt.tail.identity import Fingerprint
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
@@ -99,6 +100,22 @@ class Position(namedtuple("Position", "initialized current finished", defaults=(
             current=None if current is None else Generation.from_json(current),
             finished=tuple(Generation.from_json(g) for g in data.get("finished", [])),
         )
+
+
+def stored_position(document: Optional[dict[str, Any]], path: object) -> Position:
+    """The position in a state document read from `path`; a fresh one when there is none yet.
+
+    A damaged one is a loud error naming the way out, never a silent restart from zero.
+    """
+    if document is None:
+        return Position()
+    try:
+        return Position.from_json(document["position"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateError(
+            f"{path}: state file is damaged ({exc}); move it aside and set the position with"
+            " `matomo-rt seek`"
+        ) from None
 
 
 def lag_bytes(

@@ -4,8 +4,9 @@ A pass plans before it reads. Planning finds every file that still holds unread 
 written to a renamed generation before nginx reopened, the rest of the generation we were in
 (renamed, compressed or copied away), generations rotated since, and the live file — and orders
 them oldest first. Reading then moves bytes through one reused buffer and yields chunks of
-complete lines, each with the position reached after it. Nothing here writes state except
-`commit`, which the caller calls once the lines are safe.
+complete lines, each with the position reached after it. The reader takes a position and
+returns positions; it writes nothing: its caller owns the position and makes it durable once
+the lines are safe.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
-from matomo_rt.store import StateError, load_state, save_state
 from matomo_rt.tail.identity import (
     FINGERPRINT_BYTES,
     Fingerprint,
@@ -32,7 +32,7 @@ from matomo_rt.tail.position import Generation, Position
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-    from typing import Any, BinaryIO, Callable, Optional
+    from typing import BinaryIO, Callable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -180,29 +180,39 @@ class Batch:
         return self.end
 
 
-class LogReader:
-    """Reads one log (and its rotated generations) from a committed position.
+class Reading:
+    """The chunks of one pass from a position; `position` is where those read so far lead
+    (where the whole pass leads once they are exhausted)."""
 
-    `state_path` holds a JSON document; the reader owns its "log" and "position" keys and keeps
-    any other keys the caller stores alongside (statistics), so one atomic write commits both.
-    """
+    def __init__(self, position: Position) -> None:
+        self.position = position
+        self._chunks: Iterator[Chunk] = iter(())
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self._chunks
+
+    def close(self) -> None:
+        self._chunks.close()  # type: ignore[attr-defined]
+
+
+class LogReader:
+    """Reads one log (and its rotated generations) from a position its caller keeps."""
 
     def __init__(
         self,
         log_path: Path,
-        state_path: Path,
         start_at: str = "end",
         chunk_bytes: int = CHUNK_BYTES,
         on_warning: Optional[Callable[[Warning_], None]] = None,
-        position: Optional[Position] = None,
         other_logs: tuple[str, ...] = (),
+        not_ours: tuple[str, ...] = (),
         max_line_bytes: Optional[int] = None,
         on_oversized: Optional[Callable[[bytes, int], None]] = None,
     ) -> None:
-        """`position`, when given, replaces the stored one (taking over another tool's offset:
-        the state file is then not read, only replaced by the first commit)."""
+        """`not_ours`: names beside the log (state, lock, offset files) that are never one of
+        its generations, nor is anything whose name starts with one of them."""
         self.log_path = Path(log_path)
-        self.state_path = Path(state_path)
+        self.not_ours = tuple(not_ours)
         self.start_at = start_at
         self.chunk_bytes = chunk_bytes
         # Longer lines are skipped (head kept via on_oversized) instead of held in memory.
@@ -215,35 +225,6 @@ class LogReader:
         )
         self.warnings: list[Warning_] = []
         self._on_warning = on_warning
-        self.document: dict[str, Any] = {}
-        self.committed = self._load() if position is None else position
-        self.planned = self.committed
-
-    # -- state ---------------------------------------------------------------------------
-
-    def _load(self) -> Position:
-        data = load_state(self.state_path)
-        if data is None:
-            return Position()
-        self.document = {k: v for k, v in data.items() if k != "format"}
-        try:
-            return Position.from_json(data["position"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise StateError(
-                f"{self.state_path}: state file is damaged ({exc}); move it aside and set the "
-                "position with `matomo-rt seek`"
-            ) from None
-
-    def commit(self, position: Position, extra: Optional[dict[str, Any]] = None) -> None:
-        """Make `position` (and the caller's `extra` keys) durable."""
-        document = dict(self.document)
-        document.update(extra or {})
-        document["log"] = str(self.log_path)
-        document["position"] = position.to_json()
-        document["updated"] = time.time()
-        save_state(self.state_path, document)
-        self.document = document
-        self.committed = position
 
     def _warn(self, kind: str, message: str) -> None:
         warning = Warning_(kind, message)
@@ -286,11 +267,10 @@ class LogReader:
             raise ReaderError(
                 f"{directory}: permission denied listing the log's directory"
             ) from None
-        state_name = self.state_path.name
         for name in names:
-            if name == base or not name.startswith(base) or name.startswith(state_name):
+            if name == base or not name.startswith(base):
                 continue
-            if name.startswith(self.other_logs):
+            if name.startswith(self.other_logs) or name.startswith(self.not_ours):
                 continue
             if name.endswith(_NOT_GENERATIONS) or name.startswith("."):
                 continue
@@ -314,13 +294,12 @@ class LogReader:
             )
         return found
 
-    def plan(self, position: Optional[Position] = None) -> tuple[list[_Step], Position]:
+    def plan(self, pos: Position) -> tuple[list[_Step], Position]:
         """The files to read, oldest first, and the position once planning is recorded.
 
         A rotation while planning (a name that now points at another file) starts the plan
         again; if files keep moving, this pass reads nothing and the next one tries again.
         """
-        pos = self.committed if position is None else position
         for _ in range(PLAN_ATTEMPTS):
             try:
                 return self._plan_once(pos)
@@ -536,10 +515,15 @@ class LogReader:
 
     # -- reading -------------------------------------------------------------------------
 
-    def chunks(self, position: Optional[Position] = None) -> Iterator[Chunk]:
-        """Chunks of complete lines from `position` (default: the committed one) onwards."""
+    def read(self, position: Position) -> Reading:
+        """Chunks of complete lines from `position` onwards (nothing is read until iterated)."""
+        reading = Reading(position)
+        reading._chunks = self._chunks(position, reading)
+        return reading
+
+    def _chunks(self, position: Position, reading: Reading) -> Iterator[Chunk]:
         steps, pos = self.plan(position)
-        self.planned = pos
+        reading.position = pos
         buf = bytearray(self.chunk_bytes)
         for step in steps:
             base = pos if step.role == "finished" else pos.with_current(step.gen)
@@ -547,7 +531,7 @@ class LogReader:
             try:
                 for chunk in self._read_step(step, base, buf):
                     reached = chunk.span.after
-                    self.planned = reached
+                    reading.position = reached
                     yield chunk
             except _NotReady:
                 return
@@ -556,7 +540,7 @@ class LogReader:
                 pos = reached.with_finished(gen).with_current(None)
             else:
                 pos = reached
-            self.planned = pos
+            reading.position = pos
 
     def _read_step(self, step: _Step, base: Position, buf: bytearray) -> Iterator[Chunk]:
         gen = step.gen
@@ -674,14 +658,13 @@ class LogReader:
         if self._on_oversized is not None:
             self._on_oversized(head, length)
 
-    def read_batch(self, max_lines: int, max_bytes: int) -> Batch:
-        """Up to `max_lines` complete lines / `max_bytes` bytes from the committed position.
+    def read_batch(self, start: Position, max_lines: int, max_bytes: int) -> Batch:
+        """Up to `max_lines` complete lines / `max_bytes` bytes from `start`.
 
         A single line longer than `max_bytes` is returned alone, so a log never stalls on it.
         """
-        start = self.committed
         batch = Batch(start=start, end=start)
-        stream = self.chunks()
+        stream = self.read(start)
         for chunk in stream:
             data = bytes(chunk.data)
             n = data.count(b"\n")
@@ -702,7 +685,7 @@ class LogReader:
                 batch.end = chunk.span.position_after(cut)
             break
         else:
-            batch.end = self.planned
+            batch.end = stream.position
         stream.close()
         return batch
 

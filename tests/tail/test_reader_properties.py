@@ -16,8 +16,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from matomo_rt.tail import LogReader
 from tests.tail.logsim import LogSim
+from tests.tail.stored import StoredReader
 
 COMPRESSION = st.sampled_from([None, ".gz", ".bz2", ".xz"])
 
@@ -40,8 +40,8 @@ class ReaderMachine(RuleBasedStateMachine):
         self.scheme = scheme
         self._take(1, 1, commit=True)
 
-    def reader(self) -> LogReader:
-        return LogReader(self.sim.live, self.state, start_at="beginning", chunk_bytes=64)
+    def reader(self) -> StoredReader:
+        return StoredReader(self.sim.live, self.state, start_at="beginning", chunk_bytes=64)
 
     def _take(self, batch_lines: int, batch_bytes: int, commit: bool) -> int:
         reader = self.reader()

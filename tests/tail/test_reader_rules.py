@@ -21,10 +21,11 @@ from typing import Optional
 import pytest
 
 from matomo_rt.store import STATE_FORMAT, load_state, save_state
-from matomo_rt.tail import LockedError, LogReader, Position, SourceLock, StateError
+from matomo_rt.tail import LockedError, Position, SourceLock, StateError
 from matomo_rt.tail.identity import FINGERPRINT_BYTES, Fingerprint
 from matomo_rt.tail.reader import Warning_
 from tests.tail.logsim import LogSim, line_for
+from tests.tail.stored import StoredReader
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,9 +55,9 @@ def reader_for(
     start_at: str = "beginning",
     chunk_bytes: int = 64,
     warnings: Optional[list[Warning_]] = None,
-) -> LogReader:
+) -> StoredReader:
     """A fresh reader, as a new process would build it from the state file."""
-    return LogReader(
+    return StoredReader(
         log,
         state,
         start_at=start_at,
@@ -482,11 +483,11 @@ def test_large_reads_into_one_reused_buffer(log: Path, state: Path) -> None:
     chunk_bytes = 64 * 1024
     data = lines(1, 20_000, width=100)  # ~2 MiB
     append(log, data)
-    reader = LogReader(log, state, start_at="beginning", chunk_bytes=chunk_bytes)
+    reader = StoredReader(log, state, start_at="beginning", chunk_bytes=chunk_bytes)
     sizes: list[int] = []
     buffers: set[int] = set()
     out = bytearray()
-    for chunk in reader.chunks():
+    for chunk in reader.read():
         buffers.add(id(chunk.data.obj))
         sizes.append(len(chunk.data))
         out += chunk.data
@@ -552,7 +553,7 @@ def test_first_run_takes_rotated_files_as_history(log: Path, state: Path) -> Non
 def test_default_start_is_the_end(log: Path, state: Path) -> None:
     """Rule 9: the documented default of the reader is "end" (history is not imported)."""
     append(log, lines(1, 3))
-    reader = LogReader(log, state)
+    reader = StoredReader(log, state)
     assert reader.read_batch(100, 1 << 20).lines == 0
 
 
@@ -704,18 +705,6 @@ def test_failed_state_write_keeps_the_old_state(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.state"]
 
 
-def test_commit_keeps_the_callers_keys(log: Path, state: Path) -> None:
-    """§3: statistics stored beside the position survive the reader's own commits."""
-    append(log, lines(1, 2))
-    reader = reader_for(log, state)
-    reader.commit(reader.read_batch(1, 1 << 20).end, {"totals": {"imported": 1}})
-    reader = reader_for(log, state)
-    reader.commit(reader.read_batch(1, 1 << 20).end)
-    data = load_state(state)
-    assert data is not None and data["totals"] == {"imported": 1}
-    assert data["format"] == STATE_FORMAT and data["log"] == str(log)
-
-
 @pytest.mark.parametrize(
     "content",
     [
@@ -821,7 +810,7 @@ def test_a_rotation_mid_pass_is_not_mistaken_for_a_new_file(
     log = tmp_path / "access.log"
     state = tmp_path / "state.json"
     log.write_bytes(lines(1, 4))
-    first = LogReader(log, state, start_at="beginning")
+    first = StoredReader(log, state, start_at="beginning")
     first.commit(first.read_batch(100, 1 << 20).end)
     with log.open("ab") as fh:
         fh.write(lines(5, 4))
@@ -843,7 +832,7 @@ def test_a_rotation_mid_pass_is_not_mistaken_for_a_new_file(
     monkeypatch.setattr(reader_module, target, racing)
     got: list[bytes] = []
     for _ in range(5):
-        reader = LogReader(log, state, start_at="beginning")
+        reader = StoredReader(log, state, start_at="beginning")
         batch = reader.read_batch(100, 1 << 20)
         got.extend(batch.iter_lines())
         reader.commit(batch.end)
@@ -857,14 +846,14 @@ def test_same_content_under_a_new_identity_resumes(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     state = tmp_path / "state.json"
     log.write_bytes(lines(1, 5))
-    first = LogReader(log, state, start_at="beginning")
+    first = StoredReader(log, state, start_at="beginning")
     first.commit(first.read_batch(100, 1 << 20).end)
     document = json.loads(state.read_text())
     document["position"]["current"]["dev"] += 1  # as after a remount
     state.write_text(json.dumps(document))
     with log.open("ab") as fh:
         fh.write(lines(6, 1))
-    reader = LogReader(log, state, start_at="beginning")
+    reader = StoredReader(log, state, start_at="beginning")
     batch = reader.read_batch(100, 1 << 20)
     assert b"".join(batch.iter_lines()) == lines(6, 1)
     assert [w.kind for w in reader.warnings] == ["identity"]
@@ -878,13 +867,15 @@ def test_another_log_whose_name_starts_with_ours_is_not_a_generation(tmp_path: P
     log.write_bytes(lines(1, 1))
     other.write_bytes(b"OTHER1\n")
     names = ("a.log", "a.log.json")
-    first = LogReader(log, state, start_at="beginning", other_logs=names)
+    first = StoredReader(log, state, start_at="beginning", other_logs=names)
     first.commit(first.read_batch(100, 1 << 20).end)
     with other.open("ab") as fh:
         fh.write(b"OTHER2\n")
     with log.open("ab") as fh:
         fh.write(lines(2, 1))
-    batch = LogReader(log, state, start_at="beginning", other_logs=names).read_batch(100, 1 << 20)
+    batch = StoredReader(log, state, start_at="beginning", other_logs=names).read_batch(
+        100, 1 << 20
+    )
     assert b"".join(batch.iter_lines()) == lines(2, 1)
 
 
@@ -892,7 +883,7 @@ def test_a_position_of_the_wrong_shape_is_a_loud_error(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     save_state(state, {"log": "x", "position": []})
     with pytest.raises(StateError, match="matomo-rt seek"):
-        LogReader(tmp_path / "access.log", state)
+        StoredReader(tmp_path / "access.log", state)
 
 
 @pytest.mark.parametrize("rotated", [False, True])
@@ -911,19 +902,18 @@ def test_a_line_longer_than_the_limit_is_skipped_with_bounded_memory(
             fh.write(b"{" + b"y" * (3 * 65536))  # an unterminated over-long last line
         log.write_bytes(lines(5, 1))
     seen: list[tuple[bytes, int]] = []
-    start = Position(True, None, ()) if rotated else None
-    reader = LogReader(
+    start = Position(True, None, ()) if rotated else Position()
+    reader = StoredReader(
         log,
         state,
         start_at="beginning",
         chunk_bytes=65536,
         max_line_bytes=65536,
         on_oversized=lambda head, length: seen.append((head, length)),
-        position=start,
     )
     buffers: list[int] = []
     got = []
-    for chunk in reader.chunks():
+    for chunk in reader.read(start):
         buffers.append(len(chunk.data.obj))  # the buffer behind the view never grows
         got.append(bytes(chunk.data))
     assert b"".join(got) == lines(1, 4) + (lines(5, 1) if rotated else b"")
