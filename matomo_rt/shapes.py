@@ -93,6 +93,12 @@ def check_caddy(line: bytes) -> tuple[Optional[bytes], str]:
     request = obj.get("request")
     if type(request) is not dict:
         return None, "no request object: not a Caddy access log entry"
+    changed = False
+    if "client_ip" not in request and type(request.get("remote_ip")) is str:
+        # Caddy before 2.7 (Debian 12's 2.6) names the client remote_ip only; import_logs.py
+        # reads client_ip, which later Caddy sets to the same address without trusted proxies.
+        request["client_ip"] = request["remote_ip"]
+        changed = True
     for key in ("client_ip", "host", "method", "uri"):
         if type(request.get(key)) is not str:
             return None, f"request.{key} is missing or not a string"
@@ -107,7 +113,6 @@ def check_caddy(line: bytes) -> tuple[Optional[bytes], str]:
     for key in ("size", "status"):
         if key not in obj or obj[key] is None or obj[key] == "":
             return None, f"{key} is missing or empty"
-    changed = False
     if "user_id" not in obj:
         obj["user_id"] = ""  # no user: what Caddy writes for an anonymous request
         changed = True

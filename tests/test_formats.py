@@ -236,6 +236,15 @@ def test_guard_for_caddy_normalises_a_missing_user_agent_and_user_id() -> None:
     assert fixed["user_id"] == ""
 
 
+def test_guard_for_caddy_reads_the_client_of_caddy_2_6_from_remote_ip() -> None:
+    """Debian 12's Caddy 2.6 writes remote_ip only; import_logs.py crashes without client_ip."""
+    entry = json.loads(caddy(4))
+    entry["request"]["remote_ip"] = entry["request"].pop("client_ip")
+    good, reason = checker(formats.resolve("caddy_json"))(json.dumps(entry).encode() + b"\n")
+    assert reason == "" and good is not None
+    assert json.loads(good)["request"]["client_ip"] == "198.51.100.4"
+
+
 def test_guard_for_traefik_needs_a_status() -> None:
     check = checker(formats.resolve("traefik_json"))
     good = b'{"ClientHost": "1.2.3.4", "DownstreamStatus": 200, "time": "2024-06-01T12:00:00Z"}\n'

@@ -1,0 +1,200 @@
+"""Real web servers in the formats users run them with, rotated, imported by `matomo-rt run`:
+Apache httpd writing Debian's `combined` and `vhost_combined`, nginx on its default `combined`,
+Caddy writing its JSON log and rolling it itself. Every request reaches the importer exactly
+once, across rotations.
+
+The importer is tests/doubles/import_logs.py, which parses each format as import_logs.py does
+and records the lines Matomo would hold. Each request carries its number (`?n=N` or
+`/missing/N`), so the record is compared with what was sent, per log, in order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+from tests.e2e.harness import Rig, wait_for
+from tests.e2e.nginx import needs_nginx, running_nginx, traversable_dir
+from tests.e2e.servers import get, needs_apache, needs_caddy, running_apache, running_caddy
+
+pytestmark = pytest.mark.e2e
+
+AGENTS = ["Mozilla/5.0 (X11; Linux x86_64)", 'Agent "quoted" \\slash', None, "Ünïcødé/1.0"]
+_NUMBER = re.compile(rb"(?:[?&]n=|/missing/)(\d+)")
+
+
+class Traffic:
+    """Numbered requests, a 404 now and then, user agents of every kind (or none)."""
+
+    def __init__(self, port: int, host: str, missing: int = 404) -> None:
+        self.port, self.host, self.missing = port, host, missing
+        self.sent: list[int] = []
+
+    def send(self, count: int) -> None:
+        for _ in range(count):
+            n = len(self.sent)
+            target = f"/missing/{n}" if n % 7 == 3 else f"/?n={n}&q=%22x%22"
+            code = get(self.port, target, self.host, AGENTS[n % len(AGENTS)])
+            assert code == (self.missing if n % 7 == 3 else 200), (target, code)
+            self.sent.append(n)
+
+    def until_logged_in(self, path: Path) -> None:
+        """Send until a request lands in `path` (after a rotation: the server reopened)."""
+
+        def landed() -> bool:
+            if path.exists() and path.stat().st_size > 0:
+                return True
+            self.send(1)
+            return False
+
+        wait_for(landed, 10, f"a request logged in the new {path.name}")
+
+
+def numbers(recorded: list[bytes], belongs: Callable[[bytes], bool]) -> list[int]:
+    out = []
+    for line in recorded:
+        if belongs(line):
+            m = _NUMBER.search(line)
+            assert m, line
+            out.append(int(m.group(1)))
+    return out
+
+
+def exactly_once(got: list[int], sent: list[int], what: str) -> None:
+    if got != sent:
+        missing = sorted(set(sent) - set(got))
+        twice = sorted({n for n in got if got.count(n) > 1})
+        raise AssertionError(
+            f"{what}: {len(got)} recorded, {len(sent)} sent; missing {missing[:10]};"
+            f" twice {twice[:10]}" + ("; other order" if sorted(got) == sorted(sent) else "")
+        )
+
+
+@pytest.fixture
+def rig(tmp_path: Path):
+    r = Rig(tmp_path)
+    try:
+        yield r
+    finally:
+        r.cleanup()
+
+
+def start(rig: Rig, logs: str, batch_lines: int = 50):
+    rig.config_path.write_text(
+        rig.config_text([], batch_lines=batch_lines, archive_enabled=False) + logs
+    )
+    return rig.start_service()
+
+
+def stop(service) -> None:
+    service.send(signal.SIGTERM)
+    assert service.wait(20) == 0, service.describe()
+    assert "Traceback" not in service.log(), service.log()
+
+
+def wait_recorded(rig: Rig, service, count: int) -> None:
+    wait_for(lambda: len(rig.recorded()) >= count, 30, f"{count} lines recorded", service.describe)
+
+
+def rotate(log: Path) -> None:
+    """logrotate's steps with delaycompress: .1 -> .2.gz (compressed), live -> .1."""
+    one = log.with_name(log.name + ".1")
+    if one.exists():
+        two = log.with_name(log.name + ".2.gz")
+        with open(one, "rb") as src, gzip.open(two, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        one.unlink()
+    log.rename(one)
+
+
+def _logs_block(name: str, path: Path, fmt: str, extra: str = "") -> str:
+    return f'\n[[logs]]\nname = "{name}"\npath = "{path}"\nformat = "{fmt}"\n{extra}'
+
+
+@needs_apache
+def test_apache_combined_and_vhost_combined(rig: Rig) -> None:
+    with traversable_dir("matomo-rt-apache-") as base:
+        logs = base / "logs"
+        logs.mkdir()
+        access, vhosts = logs / "access.log", logs / "other_vhosts_access.log"
+        with running_apache(base, [(access, "combined"), (vhosts, "vhost_combined")]) as httpd:
+            service = start(
+                rig,
+                _logs_block("apache", access, "combined", "idsite = 1\n")
+                + _logs_block("vhosts", vhosts, "vhost_combined"),
+            )
+            traffic = Traffic(httpd.port, "test.example")
+            traffic.send(20)
+            for round_ in range(2):
+                rotate(access)
+                rotate(vhosts)
+                traffic.send(5)  # still written to the renamed files
+                httpd.reopen_logs()
+                traffic.until_logged_in(access)
+                traffic.until_logged_in(vhosts)
+                traffic.send(7 + round_)
+            wait_recorded(rig, service, 2 * len(traffic.sent))
+            stop(service)
+            assert sorted(p.name for p in logs.iterdir()) == [
+                "access.log",
+                "access.log.1",
+                "access.log.2.gz",
+                "other_vhosts_access.log",
+                "other_vhosts_access.log.1",
+                "other_vhosts_access.log.2.gz",
+            ]
+    recorded = rig.recorded()
+    exactly_once(numbers(recorded, lambda x: x.startswith(b"127.0.0.1 ")), traffic.sent, "combined")
+    exactly_once(numbers(recorded, lambda x: x.startswith(b"test.example:")), traffic.sent, "vhost")
+
+
+@needs_nginx
+def test_nginx_default_combined(rig: Rig) -> None:
+    with traversable_dir() as base:
+        logs = base / "logs"
+        combined = logs / "combined.log"
+        extra = f"access_log {combined} combined;"
+        with running_nginx(base, extra) as ngx:
+            service = start(rig, _logs_block("nginx", combined, "combined", "idsite = 1\n"))
+            traffic = Traffic(ngx.port, "test.example")
+            traffic.send(15)
+            for _ in range(2):
+                rotate(combined)
+                traffic.send(4)
+                ngx.proc.send_signal(signal.SIGUSR1)  # what logrotate's postrotate sends
+                traffic.until_logged_in(combined)
+                traffic.send(6)
+            wait_recorded(rig, service, len(traffic.sent))
+            stop(service)
+    exactly_once(numbers(rig.recorded(), lambda x: True), traffic.sent, "nginx combined")
+
+
+@needs_caddy
+def test_caddy_json_rolled_by_caddy(rig: Rig) -> None:
+    """Caddy rolls its log itself: `access` -> `access-<time>.gz`, compressed at once."""
+    with traversable_dir("matomo-rt-caddy-") as base:
+        logs = base / "logs"
+        logs.mkdir()
+        access = logs / "access"
+        with running_caddy(base, access) as caddy:
+            service = start(rig, _logs_block("caddy", access, "caddy_json"), batch_lines=500)
+            traffic = Traffic(caddy.port, caddy.host, missing=200)  # Caddy answers all
+            traffic.send(200)
+            wait_recorded(rig, service, 100)  # matomo-rt is reading while Caddy rolls
+            rolled: Optional[list[Path]] = None
+            while not rolled:  # about 2,300 requests make the 1 MiB roll_size
+                traffic.send(100)
+                rolled = [p for p in logs.iterdir() if p.name.endswith(".gz")]
+            traffic.send(30)
+            wait_recorded(rig, service, len(traffic.sent))
+            stop(service)
+    recorded = rig.recorded()
+    assert all(json.loads(x)["request"]["client_ip"] == "127.0.0.1" for x in recorded[:5])
+    exactly_once(numbers(recorded, lambda x: True), traffic.sent, "caddy")
