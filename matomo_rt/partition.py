@@ -21,6 +21,9 @@ import re
 from collections.abc import Sequence
 from typing import Callable, Optional
 
+from matomo_rt import formats
+from matomo_rt.formats import LogFormat
+
 #: The top-level "ip" key of a JSON log line and its string value, escapes included. Inside a
 #: JSON string every quote is escaped, so `"ip":"` only occurs as a key.
 _JSON_IP = re.compile(rb'"ip"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -34,14 +37,11 @@ def json_ip(line: bytes) -> Optional[bytes]:
     return None if match is None else match.group(1)
 
 
-#: Formats whose lines name the visitor, and how to find it. Formats not listed get one
-#: partition: with no visitor to keep together, splitting could reorder a visit.
-_KEYS: dict[str, VisitorKey] = {"nginx_json": json_ip}
-
-
-def visitor_key(format_name: str) -> Optional[VisitorKey]:
-    """How to find the visitor in a line of `format_name`, or None (then K = 1)."""
-    return _KEYS.get(format_name)
+def visitor_key(fmt: LogFormat, flags: tuple[str, ...] = ()) -> VisitorKey:
+    """How to find the visitor in a line of `fmt` (matomo_rt.formats knows where it is)."""
+    if fmt.family == formats.JSON and fmt.visitor == "ip":
+        return json_ip  # nginx_json, the default: without parsing the line
+    return lambda line: formats.visitor_key(fmt, line, flags)
 
 
 def split(lines: Sequence[bytes], k: int, key: VisitorKey) -> list[list[int]]:

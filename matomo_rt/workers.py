@@ -195,9 +195,7 @@ def import_batch(
     sums = digest(batch)
     imp = source.config.import_
     k = opened.workers if opened else workers_for(imp.workers, imp.batch_lines, batch.lines)
-    key = visitor_key(fmt.name if fmt.regex is None else "")
-    parts = split(checked.lines, k, key) if key else [list(range(len(checked.lines)))]
-    k = len(parts)
+    parts = split(checked.lines, k, visitor_key(fmt, (*imp.flags, *source.log_config.flags)))
     sizes = [len(p) for p in parts]
     if opened is not None:
         if (opened.lines, opened.digest, opened.sizes) != (batch.lines, sums, sizes):

@@ -10,6 +10,7 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
+from matomo_rt import formats
 from matomo_rt.guard import check_line
 from matomo_rt.partition import json_ip, split, visitor_key
 
@@ -32,9 +33,13 @@ def test_the_ip_is_read_from_nginx_and_from_normalised_lines() -> None:
     assert json_ip(b'{"host":"h"}\n') is None
 
 
-def test_only_formats_naming_the_visitor_are_split() -> None:
-    assert visitor_key("nginx_json") is json_ip
-    assert visitor_key("ncsa_extended") is None
+def test_each_format_finds_its_visitor() -> None:
+    assert visitor_key(formats.resolve("nginx_json")) is json_ip
+    combined = visitor_key(formats.resolve("ncsa_extended"))
+    line_ = b'192.0.2.7 - - [01/May/2024:10:00:00 +0200] "GET / HTTP/1.1" 200 5\n'
+    assert combined(line_) == b"192.0.2.7"
+    caddy = visitor_key(formats.resolve("caddy_json"))
+    assert caddy(b'{"request":{"client_ip":"2001:db8::9","uri":"/"}}\n') == b"2001:db8::9"
 
 
 def test_the_split_does_not_depend_on_the_process() -> None:
