@@ -154,6 +154,8 @@ class LogHealth:
     #: When lines were first read after the last import (None: something was imported since).
     waiting_since: Optional[float] = None
     last_imported: Optional[float] = None
+    #: When lines were last read (a quiet site after one ignored request is not stalled).
+    last_read: Optional[float] = None
     #: Host names of the last batch that had requests matching no site, and when.
     unmatched_hosts: list[str] = field(default_factory=list)
     unmatched_time: Optional[float] = None
@@ -183,6 +185,7 @@ class LogHealth:
             window=window,
             waiting_since=_num(raw.get("waiting_since")),
             last_imported=_num(raw.get("last_imported")),
+            last_read=_num(raw.get("last_read")),
             unmatched_hosts=[h for h in hosts if isinstance(h, str)][:10]
             if isinstance(hosts, list)
             else [],
@@ -197,6 +200,7 @@ class LogHealth:
             "window": self.window,
             "waiting_since": self.waiting_since,
             "last_imported": self.last_imported,
+            "last_read": self.last_read,
             "unmatched_hosts": self.unmatched_hosts,
             "unmatched_time": self.unmatched_time,
             "file": self.file,
@@ -229,6 +233,8 @@ class LogHealth:
             del self.window[0]
         if imported > 0:
             self.last_imported = now
+        if lines > 0:
+            self.last_read = now
         if imported > 0 or pass_imported:
             self.waiting_since = None
         elif lines > 0 and self.waiting_since is None:
@@ -459,7 +465,8 @@ def _stalled(facts: LogFacts, now: float, settings: Settings) -> Optional[Proble
     """Lines arrive but nothing reaches Matomo for longer than health.stalled_after."""
     h = facts.health
     limit = settings.stalled_after
-    if h.waiting_since is not None and now - h.waiting_since >= limit:
+    still_arriving = h.last_read is not None and now - h.last_read < limit
+    if h.waiting_since is not None and now - h.waiting_since >= limit and still_arriving:
         return Problem(
             STALLED,
             f"lines read for {_ago(now - h.waiting_since)} but none imported",

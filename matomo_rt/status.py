@@ -20,7 +20,7 @@ from typing import Any, Optional
 from matomo_rt import health
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
 from matomo_rt.pipeline import auth_key, format_name, state_paths
-from matomo_rt.store import StateError, load_state, lock_holder
+from matomo_rt.store import StateError, describe_process, load_state, lock_holder
 from matomo_rt.tail.position import lag_bytes
 from matomo_rt.workers import OpenBatch
 
@@ -394,7 +394,7 @@ def _log_rows(entry: dict[str, Any], now: float) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if entry["running"]:
         pid = entry["pid"]
-        rows.append(("running", f"yes (pid {pid})" if pid else "yes"))
+        rows.append(("running", f"yes, {describe_process(pid)}" if pid else "yes"))
     else:
         rows.append(("running", "no"))
     if entry["error"]:
@@ -487,7 +487,8 @@ def _archive_rows(archive: dict[str, Any], now: float) -> list[tuple[str, str]]:
     if not archive["enabled"]:
         rows.append(("enabled", "no (archive.enabled = false)"))
     if archive["running"]:
-        rows.append(("running", f"yes (pid {archive['pid']})" if archive["pid"] else "yes"))
+        pid = archive["pid"]
+        rows.append(("running", f"yes, {describe_process(pid)}" if pid else "yes"))
     if archive["error"]:
         rows.append(("STATE ERROR", archive["error"]))
     run = archive["last_run"]

@@ -72,6 +72,12 @@ def test_lines_read_without_imports_for_stalled_after_is_stalled() -> None:
     assert judge_log(facts(health=h), NOW).healthy
 
 
+def test_a_quiet_site_after_one_ignored_request_is_not_stalled() -> None:
+    h = LogHealth()
+    h.note_batch(NOW - 7200, 1, 0, 0)  # a bot's request, ignored; nothing since
+    assert judge_log(facts(health=h), NOW).healthy
+
+
 def test_an_earlier_import_of_the_same_pass_is_no_stall() -> None:
     h = LogHealth()
     h.note_batch(NOW - 7200, 0, 0, 40)  # a worker's partition committed its imports
