@@ -20,6 +20,7 @@ from typing import Optional
 
 from matomo_rt import execute, health
 from matomo_rt.config import Config, ConfigError
+from matomo_rt.matomo.importer import clip
 from matomo_rt.store import SourceLock, StateError, ensure_dir, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ def _failure_line(text: str) -> str:
     lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
     for line in lines:
         if _CAUSE.search(line) and "error or warning logs detected" not in line:
-            return line[:300]
-    return lines[-1][:300] if lines else ""
+            return clip(line, 300)
+    return clip(lines[-1], 300) if lines else ""
 
 
 def archive_paths(config: Config) -> tuple[Path, Path]:

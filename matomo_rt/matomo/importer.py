@@ -223,14 +223,25 @@ def classify(
     )
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to about `limit` characters between two words, with " …" saying it was cut:
+    a reason must never end in a cut word that reads like another one."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    if " " in head:
+        head = head.rsplit(" ", 1)[0]
+    return head.rstrip() + " …"
+
+
 def _readable(text: str) -> str:
     """One line from a fatal error whose response may be an HTML page."""
     text = html.unescape(_TAG.sub(" ", text))
-    return " ".join(text.split())[:500]
+    return clip(" ".join(text.split()), 500)
 
 
 def _last_line(text: str) -> str:
     for line in reversed(text.strip().splitlines()):
         if line.strip():
-            return line.strip()[:300]
+            return clip(line.strip(), 300)
     return ""

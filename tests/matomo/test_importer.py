@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -503,3 +504,14 @@ def test_a_blocked_host_says_how_to_unblock_it() -> None:
     result = importer.classify(1, "", stderr, 10)
     assert result.outcome == importer.AUTH
     assert "login:unblock-blocked-ips" in result.reason
+
+
+def test_a_long_reason_is_cut_between_words_and_says_so() -> None:
+    """A reason longer than the limit ends at a word with an ellipsis, never in a word."""
+    words = " ".join(f"word{n:03d}" for n in range(200))
+    stderr = f"Fatal error: HTTP Error 500 Internal Server Error, response: {words}\n"
+    result = importer.classify(1, "", stderr, 10)
+    assert result.reason.endswith(" …"), result.reason[-40:]
+    last = result.reason[: -len(" …")].rsplit(" ", 1)[-1]
+    assert re.fullmatch(r"word\d{3}", last), last
+    assert len(result.reason) <= 502
