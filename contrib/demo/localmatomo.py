@@ -186,8 +186,6 @@ bind-address = 127.0.0.1
 skip-name-resolve
 max_allowed_packet = 64M
 innodb_buffer_pool_size = 64M
-# Throwaway data: stop without flushing (it is never started again).
-innodb_fast_shutdown = 2
 character-set-server = utf8mb4
 collation-server = utf8mb4_general_ci
 
@@ -229,6 +227,9 @@ user = root
                     [
                         shutil.which("mariadbd", path=_SBIN) or "mariadbd",
                         f"--defaults-file={self.defaults}",
+                        # Throwaway data: stop without flushing, it never starts again. (Not
+                        # in the defaults file: mariadb-install-db must flush what it made.)
+                        "--innodb-fast-shutdown=2",
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
