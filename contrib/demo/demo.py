@@ -176,7 +176,8 @@ def matomo_rt() -> list[str]:
 
 
 def caught_up(config: Path, deadline: float = 120.0) -> None:
-    """Wait until `matomo-rt status` shows the log read to its end (or give up quietly)."""
+    """Until `matomo-rt status` shows the log read to its end (or the deadline passed): the
+    first requests are in Matomo when the demo says where to look."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         done = subprocess.run(
@@ -212,7 +213,9 @@ def main() -> int:
     matomo: Optional[localmatomo.Matomo] = None
     nginx = Nginx(base / "nginx", args.port or localmatomo.free_port())
     service: Optional[subprocess.Popen] = None
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
+    # Ctrl-C, and SIGTERM like it (even where SIGINT came in ignored, as in a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         say(f"installing Matomo from {source} into {base} (a minute or so)")
         matomo = localmatomo.start(source, base / "matomo-install")
@@ -227,8 +230,7 @@ def main() -> int:
             start_new_session=True,
         )
         traffic(nginx.port, 60)
-        caught_up(config)  # the first requests are in Matomo: archive them for the UI
-        subprocess.run([*matomo_rt(), "-c", str(config), "archive"], check=False)
+        caught_up(config)
         status = " ".join([*matomo_rt(), "-c", str(config), "status"])
         print(
             f"""
