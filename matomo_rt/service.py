@@ -32,7 +32,7 @@ from matomo_rt.archiver import run_archive
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.config import load as load_config
 from matomo_rt.pipeline import Source, open_sources
-from matomo_rt.store import ensure_dir
+from matomo_rt.store import LockedError, ensure_dir
 from matomo_rt.tail import ReaderError, StateError
 from matomo_rt.token import TokenFile
 
@@ -207,7 +207,11 @@ class Service:
             log.debug("%s: %s", source.name, report.error)
 
     def _archive_tick(self) -> None:
-        result = run_archive(self.config)
+        try:
+            result = run_archive(self.config)
+        except LockedError as exc:  # a one-shot `matomo-rt archive` (cron) runs right now
+            log.warning("core:archive: skipped this run: %s", exc)
+            return
         self.archive = archiver.after_run(self.archive, result, time.time())
 
     def _log_archive_health(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 import signal
 import socket
@@ -20,6 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from matomo_rt.archiver import archive_paths
+from matomo_rt.config import load
+from matomo_rt.service import Service
+from matomo_rt.store import SourceLock, ensure_dir
 from tests.e2e.harness import (
     MATOMO_URL,
     Rig,
@@ -524,3 +529,19 @@ def test_a_fixed_token_file_lifts_the_pause_without_sighup_and_status_agrees(rig
     assert fixed.returncode == 0 and "AUTH PAUSE" not in fixed.stdout, fixed.stdout
     service.send(signal.SIGTERM)
     assert service.wait(15) == 0
+
+
+def test_scheduled_archive_while_another_archive_runs_is_skipped_in_one_line(rig, caplog):
+    """The service's archive tick meets a one-shot `matomo-rt archive` holding the lock (cron
+    and service side by side): one line naming the holder, no traceback, core:archive not run."""
+    rig.write_config([("access", rig.logs / "access.log")])
+    config = load(rig.config_path)
+    ensure_dir(config.state.dir)
+    _, lock_path = archive_paths(config)
+    service = Service(config, rig.config_path)
+    with SourceLock(lock_path), caplog.at_level(logging.INFO):
+        service._job("archive", service._archive_tick)
+    said = [r for r in caplog.records if r.name.startswith("matomo_rt")]
+    assert not [r for r in said if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+    assert any("held by pid" in r.getMessage() for r in said), caplog.text
+    assert rig.archive_runs() == []
