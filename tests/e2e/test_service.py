@@ -485,7 +485,9 @@ def test_archive_hang_times_out(rig):
 
 def test_two_archives_at_once_the_second_exits_75(rig):
     rig.write_config([("access", rig.logs / "access.log")])
-    rig.set_archive_control({"mode": "ok", "seconds": 3})
+    hold = rig.base / "first-archive-runs"
+    hold.touch()  # the first run lasts until the second has been refused
+    rig.set_archive_control({"mode": "ok", "while_exists": str(hold)})
     first = rig.start("archive")
     lock = rig.state / "archive.lock"
 
@@ -499,6 +501,7 @@ def test_two_archives_at_once_the_second_exits_75(rig):
     second = rig.run("archive")
     assert second.returncode == 75, second.stderr
     assert f"held by pid {first.pid}" in second.stderr
+    hold.unlink()
     assert first.wait(15) == 0, first.describe()
     assert len(rig.archive_runs()) == 1  # the second never started core:archive
 
