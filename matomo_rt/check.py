@@ -10,43 +10,36 @@ every API call of the run: `check` must never be what gets a host blocked.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
-import re
+import pwd
 import stat
 import sys
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Optional, TextIO
 
-from matomo_rt import execute, formats
+from matomo_rt import detect, execute, formats
 from matomo_rt.config import TOKEN_ENV, Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.guard import check_line
 from matomo_rt.matomo import options
+from matomo_rt.matomo.api import Answer, MatomoApi, site_ids
 from matomo_rt.pipeline import state_paths
 from matomo_rt.store import StateError, load_state
 
 #: Seconds for each HTTP request to Matomo and each interpreter probe.
 DEFAULT_TIMEOUT = 15.0
-#: How many of each log's last lines are sampled for their hosts.
-SAMPLE_LINES = 200
-#: Bytes read from the end of a log to find those lines.
-SAMPLE_BYTES = 512 * 1024
 #: At most this many distinct hosts are looked up per log (the most frequent first).
 MAX_HOSTS = 20
-
-#: Matomo's answer when the client IP is blocked by its brute-force detection
-#: (plugins/Login/lang/en.json, Login_LoginNotAllowedBecauseBlocked): "You are currently not
-#: allowed to log in because you had too many failed logins, try again later."
-BLOCKED_MARKERS = ("not allowed to log in", "too many failed logins")
-#: Matomo's General_ExceptionPrivilege* texts: "You can't access this resource as it requires
-#: 'view' access for at least one website." (an authenticated token without that access)
-_NO_ACCESS = re.compile(r"can.t access this resource|requires '?\w+'? access", re.IGNORECASE)
+#: How to run `check` as the contrib systemd unit runs the service (User=www-data,
+#: Group=www-data, SupplementaryGroups=adm); README's quick start gives the same command.
+RUN_AS_SERVICE = "runuser -u www-data -g www-data -G adm -- matomo-rt check"
+#: Where core:archive writes under Matomo's tmp/ (caches, compiled templates, its CliMulti
+#: request files); each that exists must take a new file.
+ARCHIVE_TMP_DIRS = ("", "cache", "climulti", "templates_c", "logs")
 
 
 class Checklist:
@@ -87,18 +80,21 @@ def run_check(
     c.ok(f"configuration {config.source} is valid")
     if os.geteuid() == 0:
         c.warn(
-            "checking as root: files the service's user cannot read may pass here; run the "
-            "check as that user too (sudo -u <user> matomo-rt check)"
+            "checking as root: files the service's user cannot read or write pass here; run "
+            f"the check as that user too ({RUN_AS_SERVICE})"
         )
     problems = import_problems(config)
     for problem in problems:
-        c.fail(problem, "fix it in the configuration file")
+        # A problem that names its own way out (after " — ") needs no generic one.
+        c.fail(problem, "" if " — " in problem else "fix it in the configuration file")
     for log_config in config.logs:
-        _check_log(c, log_config)
+        if _check_log(c, log_config):
+            _check_log_format(c, log_config)
     _check_state(c, config)
     _check_python(c, config, timeout)
     _check_formats(c, config, timeout)
     _check_php(c, config, timeout)
+    _check_matomo_tmp(c, config)
     token, token_ok = _check_token(c, config)
     _check_matomo(c, config, token, token_ok, timeout)
     return 1 if c.failures else 0
@@ -110,10 +106,36 @@ def run_check(
 
 
 def _who() -> str:
-    return f"uid {os.geteuid()}"
+    """The user and groups this check runs as, the way `id` shows them."""
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    groups = []
+    for gid in dict.fromkeys([os.getegid(), *os.getgroups()]):
+        try:
+            groups.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            groups.append(str(gid))
+    return f"user {name} (uid {uid}, groups {','.join(groups)})"
 
 
-def _check_log(c: Checklist, log_config: LogConfig) -> None:
+def _owner(st: os.stat_result) -> str:
+    """ "owner root:www-data, mode 0640" for a file's stat."""
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"owner {user}:{group}, mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def _check_log(c: Checklist, log_config: LogConfig) -> bool:
+    """Whether the log is there and readable (its format can be looked at)."""
     path = log_config.path
     name = log_config.name
     try:
@@ -123,25 +145,25 @@ def _check_log(c: Checklist, log_config: LogConfig) -> None:
             f"log {name}: {path}: no such file",
             "fix logs.path, or start the web server so it creates the log",
         )
-        return
+        return False
     except OSError as exc:
         c.fail(f"log {name}: {path}: {_reason(exc)}", f"let {_who()} reach the log")
-        return
+        return False
     if not stat.S_ISREG(st.st_mode):
         c.fail(f"log {name}: {path}: not a regular file", "point logs.path at the log file")
-        return
+        return False
     if not os.access(path, os.R_OK):
         c.fail(
-            f"log {name}: {path}: not readable by {_who()}",
+            f"log {name}: {path}: not readable by {_who()} ({_owner(st)})",
             "add the service's user to the log's group (e.g. adm)",
         )
-        return
+        return False
     try:
         with open(path, "rb") as fh:
             fh.read(1)
     except OSError as exc:
         c.fail(f"log {name}: {path}: cannot read: {_reason(exc)}", "check its permissions")
-        return
+        return False
     try:
         os.listdir(path.parent)
     except OSError as exc:
@@ -149,8 +171,35 @@ def _check_log(c: Checklist, log_config: LogConfig) -> None:
             f"log {name}: {path.parent}: cannot list the directory ({_reason(exc)})",
             "rotated generations are found by listing it: give the service's user r-x on it",
         )
-        return
+        return False
     c.ok(f"log {name}: {path} is readable ({st.st_size:,} bytes)")
+    return True
+
+
+def _check_log_format(c: Checklist, log_config: LogConfig) -> None:
+    name = log_config.name
+    fmt = log_config.log_format.label
+    try:
+        found = detect.detect_file(log_config.path)
+    except OSError as exc:
+        c.fail(f"log {name}: {log_config.path}: cannot read: {_reason(exc)}")
+        return
+    if not found.lines:
+        c.skip(f"log {name}: format: the log has no complete line yet")
+        return
+    problem = detect.mismatch(fmt, found)
+    if problem is None:
+        if found.share_of(fmt) is None:
+            c.skip(f"log {name}: format {fmt} cannot be verified here ({found.summary()})")
+        else:
+            c.ok(f"log {name}: {found.summary()}")
+        return
+    text = f"log {name}: {log_config.path} {problem}"
+    if found.share_of(fmt) is not None and found.share_of(fmt) >= detect.WRONG_BELOW:
+        c.warn(text)
+    else:
+        head, _, way_out = text.partition(" — ")
+        c.fail(head, way_out)
 
 
 def _check_state(c: Checklist, config: Config) -> None:
@@ -315,11 +364,13 @@ def _check_php(c: Checklist, config: Config, timeout: float) -> None:
 def _check_token(c: Checklist, config: Config) -> tuple[Optional[str], bool]:
     """(token, usable)."""
     path = config.matomo.token_auth_file
+    if path is not None and _token_file_unusable(c, config, path):
+        return None, False
     try:
         token = load_token(config.matomo, config.source)
     except ConfigError as exc:
         for problem in exc.problems:
-            c.fail(problem, "create it with the token_auth of a user with write access")
+            c.fail(problem, "put the token_auth of a user with write access in it")
         return None, False
     if token is None:
         c.warn(
@@ -339,6 +390,81 @@ def _check_token(c: Checklist, config: Config) -> tuple[Optional[str], bool]:
     return token, True
 
 
+def _token_file_unusable(c: Checklist, config: Config, path: Path) -> bool:
+    """Fail (and say True) for a token file that is missing or that this user cannot read.
+
+    The two need opposite advice: a missing file is created, an unreadable one is almost
+    always right and checked as the wrong user or group.
+    """
+    key = f"{config.source.name}: matomo.token_auth_file: {path}"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        c.fail(
+            f"{key}: no such file",
+            "create it with the token_auth of a user with write access (Matomo: "
+            f"Administration > Personal > Security > Auth tokens): install -m 0640 -g "
+            f"<the service's group> /dev/null {path}, then put the token in it",
+        )
+        return True
+    except OSError as exc:
+        c.fail(
+            f"{key}: {_who()} cannot reach it ({_reason(exc)})",
+            f"give the service's user search (x) permission on {path.parent} and its parents",
+        )
+        return True
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        c.fail(
+            f"{key}: exists but is not readable by {_who()} ({_owner(st)})",
+            "the service reads it as its user and group: check as the service runs "
+            f"({RUN_AS_SERVICE}), or let that user or group read it (chgrp <the service's "
+            f"group> {path}; chmod 0640 {path})",
+        )
+        return True
+    except OSError as exc:
+        c.fail(f"{key}: cannot read: {_reason(exc)}", "check the file")
+        return True
+    return False
+
+
+def _check_matomo_tmp(c: Checklist, config: Config) -> None:
+    """core:archive writes caches and request files under <matomo>/tmp: test that it can."""
+    if not config.archive.enabled or config.matomo.path is None:
+        return  # said by _check_php
+    tmp = config.matomo.path / "tmp"
+    if not tmp.is_dir():
+        c.fail(
+            f"Matomo's tmp/ {tmp}: no such directory (core:archive writes there)",
+            "check matomo.path; Matomo creates tmp/ when it is installed",
+        )
+        return
+    for sub in ARCHIVE_TMP_DIRS:
+        directory = tmp / sub if sub else tmp
+        if sub and not directory.is_dir():
+            continue
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".matomo-rt-check.", dir=directory)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            try:
+                owner = f"; {_owner(directory.stat())}"
+            except OSError:
+                owner = ""
+            c.fail(
+                f"Matomo's tmp/: {_who()} cannot create files in {directory} "
+                f"({_reason(exc)}{owner}): core:archive would fail",
+                "run matomo-rt as the user Matomo's files belong to (the web server's user, "
+                f"e.g. www-data), or make {tmp} writable by the service's user (chown -R "
+                f"<user> {tmp}), or set archive.enabled = false if another host archives",
+            )
+            return
+    c.ok(f"Matomo's tmp/ {tmp} is writable (core:archive)")
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -348,153 +474,8 @@ def _reason(exc: OSError) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# Matomo's API
+# Matomo
 # ------------------------------------------------------------------------------------------
-
-
-class _Answer:
-    """One API answer, classified."""
-
-    def __init__(
-        self,
-        kind: str,
-        data: Any = None,
-        message: str = "",
-        status: Optional[int] = None,
-    ) -> None:
-        # ok, unreachable, redirect, blocked, refused, no_access, error, not_json, stopped
-        self.kind = kind
-        self.data = data
-        self.message = message
-        self.status = status
-
-
-class MatomoApi:
-    """Calls Matomo's reporting API the way import_logs.py does: POST, token in the body.
-
-    After the first answer that refuses the token (or says the IP is blocked) every further
-    call is refused locally: each refused token is a failed login in Matomo.
-    """
-
-    def __init__(self, url: str, token: Optional[str], timeout: float) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-        self.calls = 0
-        self.stopped: Optional[str] = None
-
-    def _redact(self, text: str) -> str:
-        return execute.redact(text, [self.token] if self.token else [])
-
-    def call(self, method: str, **params: str) -> _Answer:
-        if self.stopped is not None:
-            return _Answer("stopped", message=self.stopped)
-        # Non-secret parameters in the query string, so Matomo formats even an early error
-        # (a blocked IP) as JSON; the token only in the POST body, never in a URL.
-        query = urllib.parse.urlencode({"module": "API", "method": method, "format": "json"})
-        body = dict(params)
-        body["filter_limit"] = "-1"
-        if self.token:
-            body["token_auth"] = self.token
-        request = urllib.request.Request(
-            f"{self.url}/index.php?{query}",
-            data=urllib.parse.urlencode(body).encode(),
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "User-Agent": "matomo-rt check",
-            },
-            method="POST",
-        )
-        self.calls += 1
-        status: Optional[int]
-        try:
-            with _OPENER.open(request, timeout=self.timeout) as response:
-                status = response.status
-                raw = response.read(4 << 20)
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            location = exc.headers.get("Location") if exc.headers else None
-            try:
-                raw = exc.read(4 << 20)
-            except OSError:
-                raw = b""
-            if status in _REDIRECTS:
-                where = self._redact(str(location or "?"))
-                return _Answer("redirect", message=where, status=status)
-        except urllib.error.URLError as exc:
-            return _Answer("unreachable", message=self._redact(_url_reason(exc.reason)))
-        except (OSError, ValueError) as exc:
-            return _Answer("unreachable", message=self._redact(_url_reason(exc)))
-        text = raw.decode("utf-8", "replace")
-        answer = self._classify(status, text)
-        if answer.kind in ("blocked", "refused", "no_access"):
-            self.stopped = answer.message
-        return answer
-
-    def _classify(self, status: int, text: str) -> _Answer:
-        lowered = text.lower()
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        message = ""
-        if isinstance(data, dict) and data.get("result") == "error":
-            message = self._redact(" ".join(str(data.get("message", "")).split()))
-        if any(marker in lowered for marker in BLOCKED_MARKERS):
-            message = message or "Matomo says: too many failed logins, try again later"
-            return _Answer("blocked", message=message, status=status)
-        if status == 401 or (message and "token" in message.lower()):
-            return _Answer("refused", message=message or f"HTTP {status}", status=status)
-        if message and (_NO_ACCESS.search(message) or status == 403):
-            return _Answer("no_access", message=message, status=status)
-        if message:
-            return _Answer("error", message=message, status=status)
-        if status >= 400:
-            snippet = self._redact(" ".join(text.split())[:120])
-            return _Answer("error", message=f"HTTP {status}: {snippet}", status=status)
-        if data is None:
-            snippet = self._redact(" ".join(text.split())[:120])
-            return _Answer("not_json", message=snippet, status=status)
-        return _Answer("ok", data=data, status=status)
-
-
-_REDIRECTS = (301, 302, 303, 307, 308)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Report redirects instead of following them.
-
-    urllib (and so import_logs.py) turns a redirected POST into a GET without its body: the
-    token and the parameters are lost, and Matomo answers as if no token had been sent.
-    """
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
-def _url_reason(reason: Any) -> str:
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return str(reason) or type(reason).__name__
-
-
-def _site_ids(data: Any) -> set[int]:
-    """Site ids from an answer such as [1, 2], ["1"], {"0": 1}, [{"idsite": 1}]."""
-    items = data.values() if isinstance(data, dict) else data
-    ids: set[int] = set()
-    if not isinstance(items, list) and not isinstance(data, dict):
-        return ids
-    for item in items:
-        if isinstance(item, dict):
-            item = item.get("idsite")
-        try:
-            ids.add(int(item))
-        except (TypeError, ValueError):
-            continue
-    return ids
 
 
 def _check_matomo(
@@ -515,6 +496,13 @@ def _check_matomo(
         c.fail(
             f"Matomo at {url} is unreachable: {answer.message}",
             "check matomo.url, DNS, the firewall and TLS from this host",
+        )
+        return
+    if answer.kind == "not_found":
+        c.fail(
+            f"no Matomo answers at {url}: {api.endpoint} is HTTP 404 ({answer.message})",
+            "set matomo.url to Matomo's base URL, the address its login page is at (is the "
+            "sub-path right?)",
         )
         return
     if answer.kind == "blocked":
@@ -609,11 +597,11 @@ def _check_write_access(c: Checklist, api: MatomoApi) -> Optional[set[int]]:
     if admin.kind != "ok":
         _api_problem(c, "SitesManager.getSitesIdWithAdminAccess", admin)
         return None
-    ids = _site_ids(admin.data)
+    ids = site_ids(admin.data)
     # Write access (Matomo 4+) is enough to track; older versions lack the method.
     write = api.call("SitesManager.getSitesIdWithWriteAccess")
     if write.kind == "ok":
-        ids |= _site_ids(write.data)
+        ids |= site_ids(write.data)
     elif write.kind not in ("error",):
         _api_problem(c, "SitesManager.getSitesIdWithWriteAccess", write)
         return None
@@ -629,7 +617,7 @@ def _check_write_access(c: Checklist, api: MatomoApi) -> Optional[set[int]]:
     return ids
 
 
-def _api_problem(c: Checklist, method: str, answer: _Answer) -> None:
+def _api_problem(c: Checklist, method: str, answer: Answer) -> None:
     if answer.kind == "stopped":
         c.skip(f"{method}: no further API calls after: {answer.message}")
     elif answer.kind == "refused":
@@ -642,23 +630,15 @@ def _api_problem(c: Checklist, method: str, answer: _Answer) -> None:
         c.fail(f"{method}: {answer.message}", "check Matomo's logs")
 
 
-def sample_hosts(path: Path, lines: int = SAMPLE_LINES) -> Counter[str]:
-    """Hosts of the last `lines` complete lines of `path` (nginx_json "host" field)."""
+def sample_hosts(path: Path) -> Counter[str]:
+    """Hosts of the last lines of `path` (nginx_json "host" field)."""
     hosts: Counter[str] = Counter()
     try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            start = max(size - SAMPLE_BYTES, 0)
-            fh.seek(start)
-            data = fh.read(SAMPLE_BYTES)
+        lines = detect.sample_lines(path)
     except OSError:
         return hosts
-    if start > 0:
-        data = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
-    end = data.rfind(b"\n")
-    chunk = data[: end + 1] if end >= 0 else b""
-    for line in chunk.splitlines(keepends=True)[-lines:]:
-        good, _ = check_line(line)
+    for line in lines:
+        good, _ = check_line(line + b"\n")
         if good is None:
             continue
         try:
@@ -699,7 +679,7 @@ def _check_hosts(
         return
     hosts = sample_hosts(log_config.path)
     if not hosts:
-        c.skip(f"log {name}: host mapping: no line with a host among the last {SAMPLE_LINES}")
+        c.skip(f"log {name}: host mapping: no line with a host among its last lines")
         return
     unmapped: list[str] = []
     no_write: list[tuple[str, int]] = []
@@ -711,7 +691,7 @@ def _check_hosts(
             else:
                 _api_problem(c, f"log {name}: SitesManager.getSitesIdFromSiteUrl", answer)
             return
-        ids = _site_ids(answer.data)
+        ids = site_ids(answer.data)
         if not ids:
             unmapped.append(host)
         elif writable is not None and not ids & writable:

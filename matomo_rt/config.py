@@ -30,6 +30,11 @@ TOKEN_ENV = "MATOMO_TOKEN_AUTH"
 START_AT_CHOICES = ("beginning", "end")
 ON_UNCERTAIN_CHOICES = ("resend", "skip")
 DEFAULT_IMPORT_FLAGS = ("--enable-http-errors", "--enable-http-redirects")
+#: Where import_logs.py comes from, for a Matomo installed without it.
+IMPORT_LOGS_SOURCE = (
+    "Matomo releases ship it as misc/log-analytics/import_logs.py; else get it from "
+    "https://github.com/matomo-org/matomo-log-analytics"
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -652,8 +657,14 @@ def import_problems(config: Config) -> list[str]:
     if script is None:
         problems.append(f"{name}: matomo.path: missing (Matomo's directory), or set import_logs")
     elif not script.is_file():
-        key = "matomo.import_logs" if config.matomo.import_logs else "matomo.path"
-        problems.append(f"{name}: {key}: {script}: no such file (import_logs.py)")
+        if config.matomo.import_logs:
+            where = f"{name}: matomo.import_logs: {script}: no such file (import_logs.py)"
+        else:
+            where = (
+                f"{name}: matomo.path: {script}: no such file (import_logs.py): "
+                "set matomo.import_logs to the script's path"
+            )
+        problems.append(f"{where} — {IMPORT_LOGS_SOURCE}")
     if not config.logs:
         problems.append(f"{name}: logs: no [[logs]] entry (which log files to import)")
     return problems

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import sys
 import textwrap
@@ -126,6 +127,7 @@ def env(tmp_path: Path) -> dict[str, Path]:
     # The double has the real script's option list, which `check` reads from it.
     (matomo / "misc" / "log-analytics" / "import_logs.py").symlink_to(DOUBLE)
     (matomo / "console").write_text("<?php\n")
+    (matomo / "tmp").mkdir()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     php = bin_dir / "php"
@@ -474,7 +476,11 @@ def test_a_missing_importer_fails(env: dict[str, Path], matomo: CheckMatomo) -> 
     code, text = check(make_config(env, matomo.url))
     assert code == 1
     [failure] = fails(text)
-    assert "import_logs.py" in failure
+    script = env["matomo"] / "misc" / "log-analytics" / "import_logs.py"
+    assert f"matomo.path: {script}: no such file (import_logs.py)" in failure
+    assert "set matomo.import_logs" in failure
+    assert "github.com/matomo-org/matomo-log-analytics" in failure
+    assert "misc/log-analytics/import_logs.py" in failure
 
 
 def test_a_world_readable_token_file_is_a_warning(
@@ -545,3 +551,158 @@ def test_a_matomo_without_room_for_the_workers_fails(
     [line] = fails(text)
     assert "of 2 requests at once (import.workers = 2), 2 failed" in line
     assert "pm.max_children" in line
+
+
+# -- what a new user gets wrong (issue 10) --------------------------------------------------
+
+
+def _serve(body: str, status: int, content_type: str = "text/html") -> ThreadingHTTPServer:
+    """A web server without Matomo: every request gets `status` and `body`."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=lambda: server.serve_forever(poll_interval=0.02), daemon=True).start()
+    return server
+
+
+NOT_FOUND_PAGE = (
+    "<!doctype html><html><head><title>404 Not Found</title><style>\nbody { color: #333; }\n"
+    "</style></head><body><h1>Not Found</h1><p>The requested resource <code>/wrong/index.php"
+    "</code> was not found on this server.</p></body></html>"
+)
+
+
+def test_a_404_for_index_php_means_no_matomo_at_this_url(env: dict[str, Path]) -> None:
+    server = _serve(NOT_FOUND_PAGE, 404)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/wrong"
+        code, text = check(make_config(env, url))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1
+    [failure] = fails(text)
+    assert failure.startswith(f"[FAIL] no Matomo answers at {url}: {url}/index.php is HTTP 404")
+    assert "404 Not Found: The requested resource /wrong/index.php was not found" in failure
+    assert "set matomo.url to Matomo's base URL" in failure
+    assert "<" not in failure and "color" not in failure
+
+
+def test_an_html_error_page_is_reduced_to_its_words(env: dict[str, Path]) -> None:
+    page = (
+        "<html><head><title>502 Bad Gateway</title><style>h1{x:y}</style></head><body>"
+        "<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+    )
+    server = _serve(page, 502)
+    try:
+        code, text = check(make_config(env, f"http://127.0.0.1:{server.server_address[1]}"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1
+    [failure] = fails(text)
+    assert "fails: HTTP 502: 502 Bad Gateway: nginx — look at" in failure
+    assert "<" not in failure
+
+
+def test_a_combined_log_fails_with_the_contrib_log_format(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    line = '192.0.2.9 - - [27/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8.5.0"'
+    env["log"].write_text(f"{line}\n" * 30)
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert failure == (
+        f"[FAIL] log access: {env['log']} is combined (nginx's default, Apache's `combined`) "
+        '(30 of the last 30 lines), not nginx_json — set format = "combined" for this log with '
+        "its site (idsite = N): its lines name no host, or log in nginx JSON with the log_format "
+        "of contrib/nginx/matomo-rt-log-format.conf"
+    )
+
+
+def test_a_log_in_its_configured_format_passes_and_a_json_one_does_not(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    line = '192.0.2.9 - - [27/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8.5.0"'
+    combined = env["tmp"] / "combined.log"
+    combined.write_text(f"{line}\n" * 3)
+    extra = f'\n[[logs]]\nname = "apache"\npath = "{combined}"\nformat = "combined"\nidsite = 1\n'
+    code, text = check(make_config(env, matomo.url, extra))
+    assert code == 0, text
+    assert "[ok] log apache: combined (nginx's default, Apache's `combined`), 3 of 3" in text
+    combined.write_text(hit("example.com") + "\n")
+    code, text = check(make_config(env, matomo.url, extra))
+    assert code == 1
+    [failure] = fails(text)
+    assert failure.startswith(f"[FAIL] log apache: {combined} is nginx JSON")
+    assert 'not ncsa_extended — set format = "nginx_json" for this log' in failure
+
+
+def test_a_log_in_nginx_json_says_so(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    code, text = check(make_config(env, matomo.url))
+    assert code == 0, text
+    assert "[ok] log access: nginx JSON (the log_format of contrib/nginx/" in text
+    assert "5 of 5 recent lines" in text
+
+
+def test_a_missing_token_file_says_create_it(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    env["token"].unlink()
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert f"matomo.token_auth_file: {env['token']}: no such file — create it" in failure
+    assert "Auth tokens" in failure
+    assert matomo.calls() and all("token_auth" not in c["params"] for c in matomo.calls())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes every file")
+def test_an_unreadable_token_file_is_not_create_it(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    env["token"].chmod(0o200)
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert "exists but is not readable by user " in failure and "mode 0200" in failure
+    assert "runuser -u www-data -g www-data -G adm" in failure
+    assert "create it" not in failure
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes every file")
+def test_an_unwritable_matomo_tmp_fails(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    cache = env["matomo"] / "tmp" / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    try:
+        code, text = check(make_config(env, matomo.url))
+    finally:
+        cache.chmod(0o755)
+    assert code == 1
+    [failure] = fails(text)
+    assert f"cannot create files in {cache}" in failure and "core:archive would fail" in failure
+
+
+def test_matomo_tmp_is_checked_only_when_archiving(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    (env["matomo"] / "tmp").rmdir()
+    code, text = check(make_config(env, matomo.url))
+    assert code == 1
+    [failure] = fails(text)
+    assert "Matomo's tmp/" in failure and "no such directory" in failure
+    code, text = check(make_config(env, matomo.url, "\n[archive]\nenabled = false\n"))
+    assert code == 0, text
