@@ -18,6 +18,7 @@ import time
 import pytest
 
 from tests.e2e.harness import Rig, access_line, append, wait_for
+from tests.e2e.nginx import needs_nginx, raw_get, running_nginx, traversable_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -173,6 +174,39 @@ def test_a_log_in_nginx_combined_format_is_named_wrong_format_with_the_fix(rig):
     assert "the log is not in its format (nginx_json)" in service.log()
     service.send(signal.SIGTERM)
     assert service.wait(15) == 0
+
+
+@needs_nginx
+def test_a_real_nginx_in_its_default_combined_format_is_named_wrong_format(rig):
+    """The exact first-hour trap: nginx's stock `access_log FILE;` (format `combined`)."""
+    with traversable_dir() as base:
+        combined = base / "logs" / "combined.log"
+        with running_nginx(base, extra_http=f"access_log {combined};") as ngx:
+            for n in range(12):
+                assert raw_get(ngx.port, f"/c/{n}".encode(), {b"Host": b"test.example"}) == 200
+            wait_for(
+                lambda: combined.exists() and combined.read_bytes().count(b"\n") >= 12,
+                10,
+                "12 lines in nginx's combined log",
+            )
+        assert b'"GET /c/0 HTTP/1.1" 200' in combined.read_bytes()  # really combined
+        rig.write_config([("access", combined)])
+        once = rig.run("import")
+        assert once.returncode == 65, once.stderr
+        assert "12 of the last 12 lines quarantined or unparseable (100%)" in once.stderr
+        assert "contrib/nginx/matomo-rt-log-format.conf" in once.stderr
+        status = rig.run("status")
+        assert status.returncode == 1, status.stdout
+        assert "the log is not in its format (nginx_json)" in status.stdout
+        assert "all fine" not in status.stdout
+
+        # The other way out the message names: tell matomo-rt the format nginx writes.
+        rig.write_config([("combined", combined)], extra='format = "combined"\nidsite = 1\n')
+        fixed = rig.run("import")
+        assert fixed.returncode == 0, fixed.stderr
+        assert len(rig.recorded()) == 12
+        status = rig.run("status")
+        assert status.returncode == 0 and "all fine" in status.stdout, status.stdout
 
 
 # ------------------------------------------------------------------------------------------
