@@ -48,6 +48,8 @@ from urllib.parse import quote, quote_plus
 
 import sh
 
+from matomo_rt.config import TOKEN_ENV
+
 __all__ = [
     "DEFAULT_GRACE",
     "Completed",
@@ -84,6 +86,10 @@ _READ_BLOCK = 64 * 1024
 # Exit statuses sh must not turn into exceptions: all exit codes and all signals
 # (sh reports "killed by signal N" as -N).
 _ALL_STATUSES = range(-signal.NSIG, 256)
+
+#: Never inherited by a child: a token in $MATOMO_TOKEN_AUTH is handed to import_logs.py alone,
+#: through ``env_extra`` (matomo_rt.matomo.importer.child_env).
+PRIVATE_ENV = frozenset([TOKEN_ENV])
 
 # How often waiting loops look again (feeder waiting for pipe space, group-death polling).
 _POLL_INTERVAL = 0.02
@@ -622,8 +628,8 @@ def run(
     can block the other; None gives the child an immediately-closed stdin. If the iterable
     raises, the child is stopped and the exception is re-raised here.
 
-    ``env_extra`` is added to (not substituted for) our environment; its PATH, if any, is
-    also the one the program is looked up in.
+    ``env_extra`` is added to (not substituted for) our environment less PRIVATE_ENV; its
+    PATH, if any, is also the one the program is looked up in.
 
     ``timeout`` bounds the whole run: then the child's process group gets SIGTERM, and
     SIGKILL ``grace`` seconds later; the result has ``timed_out=True, returncode=None``.
@@ -651,7 +657,7 @@ def run(
     program = argv[0]
     label = _describe_argv(argv, secrets)
 
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
     env.update(env_extra)
     if cwd is not None and not os.path.isdir(cwd):
         why = "not a directory" if os.path.exists(cwd) else "no such directory"

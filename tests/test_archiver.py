@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from matomo_rt import archiver
-from matomo_rt.archiver import FAILURE, SUCCESS, TIMEOUT, WARNING, build_argv, classify
+from matomo_rt.archiver import FAILURE, SUCCESS, TIMEOUT, WARNING, build_argv, classify, run_archive
 from matomo_rt.config import load
+
+CONSOLE = Path(__file__).resolve().parent / "doubles" / "console"
 
 USAGE = "\x1b[32mcore:archive [--url URL] [--skip-idsites [SKIP-IDSITES]]\x1b[39m\n"
 
@@ -70,3 +72,23 @@ def test_a_one_shot_archive_says_it_started_and_how_long_it_runs(
     assert "core:archive: started" in caplog.text
     assert "core:archive: still running (" in caplog.text
     assert "core:archive done in" in caplog.text
+
+
+def test_core_archive_does_not_inherit_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token in $MATOMO_TOKEN_AUTH is for import_logs.py: `php console` must not get it."""
+    monkeypatch.setenv("MATOMO_TOKEN_AUTH", "tok-s3cret")
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("ARCHIVE_DOUBLE_CALLS", str(calls))
+    matomo = tmp_path / "matomo"
+    matomo.mkdir()
+    (matomo / "console").symlink_to(CONSOLE)
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[matomo]\nurl = "https://m.example"\npath = "{matomo}"\nphp = "{sys.executable}"\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    assert run_archive(load(path)).outcome == SUCCESS
+    (entry,) = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert entry["exit"] == 0 and entry["token_env"] == {}

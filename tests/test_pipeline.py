@@ -605,6 +605,36 @@ def test_token_is_not_on_the_importer_command_line(rig: Rig) -> None:
     assert result and result[0].outcome == importer.UNCERTAIN
 
 
+def test_a_token_from_the_environment_reaches_import_logs_only(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$MATOMO_TOKEN_AUTH is handed to import_logs.py through the launcher, which takes it out
+    of the environment before the script runs: nothing import_logs.py starts inherits it."""
+    monkeypatch.setenv("MATOMO_TOKEN_AUTH", TOKEN)
+    rig.write_config(timeout="20s")
+    text = rig.config_path.read_text()
+    rig.config_path.write_text(text.replace(f'token_auth_file = "{rig.token_file}"', ""))
+    config = load(rig.config_path)
+    assert config.matomo.token_auth_file is None
+    rig.append(lines_of(0, 3))
+    rig.set_control(fail="hang")
+    (source,) = open_sources(config)
+    result: list[PassReport] = []
+    with source:
+        worker = threading.Thread(target=lambda: result.append(source.run_pass()))
+        worker.start()
+        start = wait_for("the importer to start", rig.starts)[0]
+        try:
+            environ = Path(f"/proc/{start['pid']}/environ").read_bytes().split(b"\0")
+            assert not [v for v in environ if v.startswith(b"MATOMO_TOKEN_AUTH=")]
+            assert start["token_env"] == {}  # what the script (and its children) see
+            assert start["token_auth"] == TOKEN
+        finally:
+            os.killpg(os.getpgid(start["pid"]), signal.SIGKILL)
+            worker.join(DEADLINE)
+    assert result and result[0].outcome == importer.UNCERTAIN
+
+
 LEAKY_IMPORTER = """\
 import sys
 print("argv:", sys.argv)

@@ -15,8 +15,8 @@ Environment (all optional):
 IMPORT_DOUBLE_RECORD   file; the original bytes of every line Matomo would hold are appended,
                        batch by batch, flushed and fsync'd like a committed bulk POST.
 IMPORT_DOUBLE_CALLS    file; one JSON line at start {"event": "start", "pid", "argv",
-                       "token_auth"} and one at the end {"event": "end", "pid", "exit",
-                       "recorded"} (no end line: the process was killed or hangs); and
+                       "token_auth", "token_env"} and one at the end {"event": "end", "pid",
+                       "exit", "recorded"} (no end line: the process was killed or hangs); and
                        {"event": "hang", "pid"} when it starts to wait forever (a simulated
                        hang), so a test knows the hang was reached before a timeout.
 IMPORT_DOUBLE_CONTROL  JSON file read at start:
@@ -223,7 +223,14 @@ class Journal:
 
     def start(self, argv: list[str]) -> None:
         self._append_call(
-            {"event": "start", "pid": os.getpid(), "argv": argv, "token_auth": _token_on(argv)}
+            {
+                "event": "start",
+                "pid": os.getpid(),
+                "argv": argv,
+                "token_auth": _token_on(argv),
+                # What the script's own children (php console, …) would inherit.
+                "token_env": {k: v for k, v in os.environ.items() if "TOKEN" in k.upper()},
+            }
         )
 
     def hung(self) -> None:

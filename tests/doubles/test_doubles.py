@@ -316,6 +316,7 @@ def test_record_holds_the_original_bytes_of_what_matomo_holds(double: Double) ->
         "pid": run.calls[0]["pid"],
         "argv": run.calls[0]["argv"],
         "token_auth": TOKEN,
+        "token_env": run.calls[0]["token_env"],
     }
     assert run.calls[1] == {"event": "end", "pid": run.calls[0]["pid"], "exit": 0, "recorded": 2}
 
