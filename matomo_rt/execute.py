@@ -27,10 +27,12 @@ step (done in our preexec function: sh leaks descriptors when exec fails).
 
 from __future__ import annotations
 
+import array
 import atexit
 import contextlib
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import re
@@ -38,6 +40,7 @@ import select
 import shlex
 import signal
 import sys
+import termios
 import threading
 import time
 from collections import deque
@@ -235,6 +238,9 @@ class Completed:
     timed_out: bool
     killed_signal: Optional[int]
     duration: float
+    #: Bytes of stdin the child read (None without stdin). 0 means it read none of its input,
+    #: so it cannot have acted on any of it, whatever its exit.
+    stdin_consumed: Optional[int] = None
     #: Secrets given to :func:`run`; used by ``repr()`` and added to :meth:`describe`'s.
     secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -297,6 +303,7 @@ class _Child:
     killed_by_us: bool = False
     timed_out: bool = False
     source_error: Optional[BaseException] = None
+    stdin_sent: int = 0  # bytes written into the child's stdin pipe
 
 
 _children: dict[int, _Child] = {}
@@ -560,6 +567,7 @@ def _feed(
                     n = 0
                 if n:
                     sent += n
+                    child.stdin_sent = sent
                     view = view[n:]
                     continue
                 while not poller.poll(100):  # wait for room, but notice a stop request
@@ -665,9 +673,17 @@ def run(
     path = _resolve(program, env.get("PATH", os.defpath), cwd, secrets)
 
     out, err = _Tail(max_output), _Tail(max_output)
-    stdin_read, stdin_write = os.pipe()
+    try:
+        stdin_read, stdin_write = os.pipe()
+    except OSError as e:  # EMFILE, ENFILE: the child never existed
+        raise _exec_error(program, _os_reason(e), secrets) from None
+    try:
+        report_read, report_write = os.pipe()
+    except OSError as e:
+        os.close(stdin_read)
+        os.close(stdin_write)
+        raise _exec_error(program, _os_reason(e), secrets) from None
     os.set_blocking(stdin_write, False)
-    report_read, report_write = os.pipe()
     started = time.monotonic()
     failure: Optional[str] = None
     try:
@@ -694,12 +710,13 @@ def run(
         failure = "no such file"  # vanished since _resolve() looked
     except sh.ForkException:
         failure = "failed between fork and exec"  # only sh's own steps are left to fail
-    except OSError as e:  # fork() itself: EAGAIN, ENOMEM
-        failure = f"cannot start a process: {os.strerror(e.errno or 0).lower()}"
+    except OSError as e:  # fork() itself: EAGAIN, ENOMEM; sh's own pipes: EMFILE
+        failure = _os_reason(e)
     except Exception as e:  # anything else from sh: its messages may hold argv or env
         failure = f"failed to start ({type(e).__name__})"
     finally:
-        os.close(stdin_read)
+        # The read end stays open here until the child has ended: what is left unread in the
+        # pipe then says how much input the child consumed (see _unread).
         os.close(report_write)
         # From here on, exceptions are raised outside the except blocks: not even
         # __context__ keeps a reference to sh's exception and its command line.
@@ -711,6 +728,7 @@ def run(
         _wait(running)  # it exited 127 right after reporting; reap it
         failure = _start_failure_reason(report, path, cwd)
     if failure is not None:
+        os.close(stdin_read)
         os.close(stdin_write)
         log.debug("cannot start %s: %s", label, redact(failure, secrets))
         raise _exec_error(program, failure, secrets)
@@ -721,20 +739,7 @@ def run(
         _children[child.pid] = child
     log.debug("started pid %d: %s", child.pid, label)
 
-    stop_feeding = threading.Event()
-    if stdin is None:
-        os.close(stdin_write)
-        feeder = None
-    else:
-        feeder = threading.Thread(
-            target=_feed,
-            args=(stdin_write, _iterate(stdin), child, stop_feeding, grace),
-            name=f"stdin feeder for pid {child.pid}",
-            daemon=True,
-        )
-        feeder.start()
-
-    finished = threading.Event()
+    stop_feeding, finished = threading.Event(), threading.Event()
 
     def watchdog() -> None:
         if finished.wait(timeout):
@@ -745,26 +750,51 @@ def run(
             log.debug("pid %d timed out after %.1fs: stopping its group", child.pid, timeout)
             _stop_groups([child.pgid], grace)
 
-    timer = threading.Thread(target=watchdog, name=f"timeout for pid {child.pid}", daemon=True)
-    timer.start()
-
+    threads = [threading.Thread(target=watchdog, name=f"timeout for pid {child.pid}", daemon=True)]
+    if stdin is None:
+        os.close(stdin_write)
+    else:
+        feeder = threading.Thread(
+            target=_feed,
+            args=(stdin_write, _iterate(stdin), child, stop_feeding, grace),
+            name=f"stdin feeder for pid {child.pid}",
+            daemon=True,
+        )
+        threads.append(feeder)
+    started_threads: list[threading.Thread] = []
+    consumed: Optional[int] = None
     try:
-        _wait(running)
-    except BaseException:
-        # Interrupted while waiting (KeyboardInterrupt, SystemExit from a signal handler):
-        # the child must not outlive this call.
-        child.killed_by_us = True
-        _stop_groups([child.pgid], grace)
-        _wait(running)
-        raise
+        try:
+            for thread in threads:
+                thread.start()
+                started_threads.append(thread)
+        except RuntimeError as e:  # "can't start new thread": memory or a thread limit
+            child.killed_by_us = True
+            _stop_groups([child.pgid], grace)
+            _wait(running)
+            if stdin is not None and len(started_threads) < 2:
+                os.close(stdin_write)  # the feeder that owns it never ran
+            raise _exec_error(program, f"cannot start a thread ({e})", secrets) from None
+        try:
+            _wait(running)
+        except BaseException:
+            # Interrupted while waiting (KeyboardInterrupt, SystemExit from a signal handler):
+            # the child must not outlive this call.
+            child.killed_by_us = True
+            _stop_groups([child.pgid], grace)
+            _wait(running)
+            raise
     finally:
         finished.set()
         stop_feeding.set()
-        timer.join()
-        if feeder is not None:
-            feeder.join(grace + 1.0)
+        for thread in started_threads:
+            thread.join(grace + 1.0)
         with _children_lock:
             _children.pop(child.pid, None)
+        if stdin is not None:
+            unread = _unread(stdin_read)  # before reading stdin_sent: errs towards "read"
+            consumed = None if unread is None else max(child.stdin_sent - unread, 0)
+        os.close(stdin_read)
 
     status = process.exit_code
     duration = time.monotonic() - started
@@ -782,6 +812,7 @@ def run(
         timed_out=child.timed_out,
         killed_signal=killed_signal,
         duration=duration,
+        stdin_consumed=consumed,
         secrets=secrets,
     )
     for name, tail in (("stdout", out), ("stderr", err)):
@@ -793,6 +824,20 @@ def run(
     if child.source_error is not None:
         raise child.source_error
     return result
+
+
+def _os_reason(e: OSError) -> str:
+    return f"cannot start a process: {os.strerror(e.errno or 0).lower()}"
+
+
+def _unread(fd: int) -> Optional[int]:
+    """Bytes in the pipe of read end ``fd`` that nobody read (FIONREAD); None if unknown."""
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count, True)
+    except OSError:
+        return None
+    return count[0]
 
 
 def _read_all(fd: int) -> bytes:

@@ -497,6 +497,7 @@ class Source:
             execute.redact(done.stderr.decode("utf-8", "replace"), secrets),
             sent(),
             timed_out=done.timed_out,
+            read_input=done.stdin_consumed != 0,
         )
 
     def _commit_prefix(

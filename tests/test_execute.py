@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -206,6 +207,57 @@ def test_child_that_stops_reading_is_not_an_error(code: str, expected: int) -> N
     assert result.returncode == expected
     assert not result.timed_out
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize(
+    ("code", "consumed"),
+    [
+        ("import sys; sys.exit(1)", 0),
+        ("import os, sys\nn = 0\nwhile n < 10: n += len(os.read(0, 10 - n))\nsys.exit(3)", 10),
+        ("import sys; sys.stdin.buffer.read()", 3 * MiB),
+    ],
+    ids=["never-reads", "reads-10-bytes", "reads-all"],
+)
+def test_stdin_consumed_counts_the_bytes_the_child_read(code: str, consumed: int) -> None:
+    """Whether the child read any input decides whether a failed import may have sent some."""
+    result = run(py(code), stdin=iter([b"x" * MiB] * 3), timeout=30)
+    assert result.stdin_consumed == consumed
+
+
+def test_stdin_consumed_is_none_without_stdin() -> None:
+    assert run(py("pass"), timeout=30).stdin_consumed is None
+
+
+def test_too_many_open_files_is_an_exec_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE before the child exists: it never ran, so this is a failure to start."""
+
+    def no_pipe() -> tuple[int, int]:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(os, "pipe", no_pipe)
+    with pytest.raises(ExecError, match="cannot run .*: too many open files"):
+        run(py("pass"), stdin=[b"x\n"], timeout=30)
+
+
+@pytest.mark.parametrize("thread", ["stdin feeder", "timeout"])
+def test_a_thread_that_cannot_start_does_not_leak_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, thread: str
+) -> None:
+    pidfile = tmp_path / "pid"
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith(thread):
+            wait_until(pidfile.exists, what="the child")
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    code = "import os, sys; open(sys.argv[1], 'w').write(str(os.getpid())); sys.stdin.read()"
+    with pytest.raises(ExecError, match="cannot start a thread"):
+        run(py(code, str(pidfile)), stdin=[b"x\n"], timeout=30, grace=1)
+    monkeypatch.undo()
+    assert gone(int(pidfile.read_text()))
 
 
 def test_failing_stdin_source_stops_the_child_before_eof(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ the state file and "delivered" against the record, byte for byte.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -415,6 +416,61 @@ def test_importer_that_cannot_start_is_a_failure(rig: Rig) -> None:
     assert run_import(config, None) == EXIT_FAILURE
 
 
+@pytest.mark.parametrize(
+    ("script_text", "words"),
+    [
+        ("def broken(:\n", "SyntaxError"),  # a half-upgraded Matomo
+        ("import no_such_module_of_matomo_rt\n", "No module named"),
+        (None, "No such file"),  # gone during an upgrade
+        ("import sys\nsys.exit(1)\n", "exit 1"),
+    ],
+    ids=["syntax-error", "import-error", "missing-file", "silent-exit"],
+)
+def test_an_importer_failing_before_it_reads_input_is_failed_even_under_skip(
+    rig: Rig, script_text: Optional[str], words: str
+) -> None:
+    """Nothing of the batch can be in Matomo: `skip` must not move past it."""
+    script = rig.tmp / "import_logs.py"
+    if script_text is not None:
+        script.write_text(script_text)
+    config = rig.write_config(import_logs=script, on_uncertain="skip")
+    rig.append(lines_of(0, 3))
+    report = one_pass(config)
+    assert report.outcome == importer.FAILED and report.uncertain == 0
+    assert "before reading its input" in (report.error or "") and words in (report.error or "")
+    assert rig.offset() == 0
+    assert rig.stats().get("uncertain_batches", 0) == 0
+
+
+def test_an_importer_timing_out_before_it_reads_input_is_failed_even_under_skip(rig: Rig) -> None:
+    script = rig.tmp / "import_logs.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    config = rig.write_config(import_logs=script, on_uncertain="skip", timeout="1s")
+    rig.append(lines_of(0, 3))
+    report = one_pass(config)
+    assert report.outcome == importer.FAILED and report.uncertain == 0
+    assert "timed out before reading its input" in (report.error or "")
+    assert rig.offset() == 0
+
+
+def test_too_many_open_files_before_the_importer_starts_is_failed_even_under_skip(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = rig.write_config(on_uncertain="skip")
+    rig.append(lines_of(0, 3))
+
+    def no_pipe() -> tuple[int, int]:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(os, "pipe", no_pipe)
+    report = one_pass(config)
+    monkeypatch.undo()
+    assert report.outcome == importer.FAILED and report.uncertain == 0
+    assert "too many open files" in (report.error or "")
+    assert rig.offset() == 0
+    assert rig.starts() == []
+
+
 # -- the importer hangs or dies ----------------------------------------------------------------
 
 
@@ -602,7 +658,8 @@ def test_token_is_not_on_the_importer_command_line(rig: Rig) -> None:
         finally:
             os.killpg(os.getpgid(start["pid"]), signal.SIGKILL)
             worker.join(DEADLINE)
-    assert result and result[0].outcome == importer.UNCERTAIN
+    # Killed by us, maybe before it read its input: failed or uncertain, nothing committed.
+    assert result and result[0].error and result[0].committed_lines == 0
 
 
 def test_a_token_from_the_environment_reaches_import_logs_only(
@@ -632,11 +689,13 @@ def test_a_token_from_the_environment_reaches_import_logs_only(
         finally:
             os.killpg(os.getpgid(start["pid"]), signal.SIGKILL)
             worker.join(DEADLINE)
-    assert result and result[0].outcome == importer.UNCERTAIN
+    # Killed by us, maybe before it read its input: failed or uncertain, nothing committed.
+    assert result and result[0].error and result[0].committed_lines == 0
 
 
 LEAKY_IMPORTER = """\
 import sys
+sys.stdin.buffer.readline()  # it crashes mid-batch, after reading input
 print("argv:", sys.argv)
 print("argv:", sys.argv, file=sys.stderr)
 token = [a for a in sys.argv if a.startswith("--token-auth=")][0].split("=", 1)[1]

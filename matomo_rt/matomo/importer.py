@@ -165,9 +165,35 @@ def _unmatched_hosts(text: str) -> list[str]:
 
 
 def classify(
-    returncode: Optional[int], stdout: str, stderr: str, lines_sent: int, timed_out: bool = False
+    returncode: Optional[int],
+    stdout: str,
+    stderr: str,
+    lines_sent: int,
+    timed_out: bool = False,
+    read_input: bool = True,
 ) -> ImportResult:
-    """Turn one importer run into an outcome the commit protocol can act on."""
+    """Turn one importer run into an outcome the commit protocol can act on.
+
+    `read_input` False: the importer read none of its stdin (it failed at start-up: a syntax
+    error, a missing file or module), so it sent none of the batch. What would otherwise be
+    uncertain is then a plain failure: `on_uncertain = "skip"` must not move past a batch that
+    was never sent.
+    """
+    result = _classify(returncode, stdout, stderr, lines_sent, timed_out)
+    if result.outcome != UNCERTAIN or read_input:
+        return result
+    if returncode is None:
+        why = "timed out" if timed_out else "was killed"
+        return ImportResult(FAILED, None, reason=f"import_logs.py {why} before reading its input")
+    detail = _last_line(stderr) or f"exit {returncode}"
+    return ImportResult(
+        FAILED, returncode, reason=f"import_logs.py failed before reading its input: {detail}"
+    )
+
+
+def _classify(
+    returncode: Optional[int], stdout: str, stderr: str, lines_sent: int, timed_out: bool
+) -> ImportResult:
     refused = sum(int(n) for n in _REFUSED.findall(stderr))
     fatal = [_readable(text) for text in _FATAL.findall(stderr)]
     reason = fatal[-1] if fatal else _last_line(stderr)

@@ -515,3 +515,23 @@ def test_a_long_reason_is_cut_between_words_and_says_so() -> None:
     last = result.reason[: -len(" …")].rsplit(" ", 1)[-1]
     assert re.fullmatch(r"word\d{3}", last), last
     assert len(result.reason) <= 502
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stderr", "timed_out"),
+    [
+        (1, "Traceback (most recent call last):\nSyntaxError: invalid syntax\n", False),
+        (None, "", True),
+        (None, "", False),
+        (0, "", False),
+    ],
+)
+def test_nothing_read_is_never_uncertain(
+    returncode: Optional[int], stderr: str, timed_out: bool
+) -> None:
+    """An importer that read none of its input sent none of it: a plain failure, so that
+    on_uncertain = "skip" never moves past a batch nothing sent."""
+    read = classify(returncode, "", stderr, 3, timed_out=timed_out)
+    assert read.outcome == UNCERTAIN
+    unread = classify(returncode, "", stderr, 3, timed_out=timed_out, read_input=False)
+    assert unread.outcome == FAILED and "before reading its input" in unread.reason
