@@ -235,7 +235,7 @@ def test_too_many_open_files_is_an_exec_error(monkeypatch: pytest.MonkeyPatch) -
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
     monkeypatch.setattr(os, "pipe", no_pipe)
-    with pytest.raises(ExecError, match="cannot run .*: too many open files"):
+    with pytest.raises(ExecError, match=r"cannot run .*: too many open files"):
         run(py("pass"), stdin=[b"x\n"], timeout=30)
 
 
