@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from matomo_rt import execute, health
 from matomo_rt.config import Config, ConfigError
@@ -73,6 +74,34 @@ def _failure_line(text: str) -> str:
 
 def archive_paths(config: Config) -> tuple[Path, Path]:
     return config.state.dir / "archive.state.json", config.state.dir / "archive.lock"
+
+
+def _count(value: object) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
+def _previous(state_path: Path) -> dict[str, Any]:
+    """The last runs' record. A damaged one is moved aside (kept for inspection) and started
+    anew, loudly: it only counts runs, and core:archive has already worked when this is read,
+    so refusing to record that would make every run fail after the fact, forever."""
+    try:
+        return load_state(state_path) or {}
+    except StateError as exc:
+        if not state_path.is_file():
+            raise  # unreadable (permissions) rather than damaged: say so, write nothing
+        aside = state_path.with_name(state_path.name + ".damaged")
+        try:
+            os.replace(state_path, aside)
+        except OSError:
+            raise exc from None
+        log.error(
+            "%s: damaged (%s); moved to %s and writing a new one: the archive run counts restart"
+            " at 0",
+            state_path,
+            str(exc).split(": ", 1)[-1].split(";")[0],
+            aside,
+        )
+        return {}
 
 
 class _Progress:
@@ -188,7 +217,7 @@ def run_archive(config: Config, progress: bool = False) -> ArchiveResult:
             outcome, reason = FAILURE, str(exc)
         ended = time.time()
         result = ArchiveResult(outcome, reason, ended - started)
-        previous = load_state(state_path) or {}
+        previous = _previous(state_path)
         record = {
             "last_run": {
                 "start": started,
@@ -197,12 +226,12 @@ def run_archive(config: Config, progress: bool = False) -> ArchiveResult:
                 "reason": reason,
                 "duration": result.duration,
             },
-            "runs": int(previous.get("runs", 0)) + 1,
-            "failures": int(previous.get("failures", 0)) + (outcome in (FAILURE, TIMEOUT)),
+            "runs": _count(previous.get("runs")) + 1,
+            "failures": _count(previous.get("failures")) + (outcome in (FAILURE, TIMEOUT)),
         }
         if outcome in (SUCCESS, WARNING):
             record["last_success"] = ended
-        elif "last_success" in previous:
+        elif isinstance(previous.get("last_success"), (int, float)):
             record["last_success"] = previous["last_success"]
         save_state(state_path, record)
     if outcome == SUCCESS:

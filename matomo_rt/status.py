@@ -268,8 +268,12 @@ def _collect_archive(config: Config, now: float) -> dict[str, Any]:
     try:
         document = load_state(state_path)
     except StateError as exc:
-        entry["error"] = str(exc).replace(
-            "set the position with `matomo-rt seek`", "the next run writes a new one"
+        why = str(exc).split(": ", 1)[-1].split(";")[0]
+        entry["error"] = (
+            f"{state_path}: {why}; the next archive run moves it to {state_path.name}.damaged"
+            " and writes a new one"
+            if state_path.is_file()
+            else str(exc)
         )
         document = None
     except OSError as exc:

@@ -92,3 +92,38 @@ def test_core_archive_does_not_inherit_the_token(
     assert run_archive(load(path)).outcome == SUCCESS
     (entry,) = [json.loads(line) for line in calls.read_text().splitlines()]
     assert entry["exit"] == 0 and entry["token_env"] == {}
+
+
+def archive_config(tmp_path: Path) -> Path:
+    matomo = tmp_path / "matomo"
+    matomo.mkdir()
+    (matomo / "console").symlink_to(CONSOLE)
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[matomo]\nurl = "https://m.example"\npath = "{matomo}"\nphp = "{sys.executable}"\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "aside"),
+    [(b"{not json", True), (b'{"format": 99}', True), (b'{"format": 1, "runs": "x"}', False)],
+)
+def test_a_damaged_archive_state_is_moved_aside_and_written_anew(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: bytes, aside: bool
+) -> None:
+    """core:archive worked: its outcome must be recorded, not lost to a raise after the fact,
+    and the damaged file is kept for inspection (status promises the next run writes anew)."""
+    config = load(archive_config(tmp_path))
+    state = tmp_path / "state" / "archive.state.json"
+    state.parent.mkdir()
+    state.write_bytes(damage)
+    assert run_archive(config).outcome == SUCCESS
+    document = json.loads(state.read_text())
+    assert document["runs"] == 1 and document["last_run"]["outcome"] == SUCCESS
+    if aside:
+        assert (tmp_path / "state" / "archive.state.json.damaged").read_bytes() == damage
+        assert "archive.state.json.damaged" in caplog.text
+    assert run_archive(config).outcome == SUCCESS
+    assert json.loads(state.read_text())["runs"] == 2

@@ -386,6 +386,20 @@ def test_a_successful_or_warning_archive_run_is_fine(tmp_path: Path, outcome: st
     assert status.status_exit_code(report) == 0
 
 
+def test_a_damaged_archive_state_says_what_the_next_run_does(tmp_path: Path) -> None:
+    """The promise status makes is the archiver's behaviour (test_archiver checks it)."""
+    config = make_config(tmp_path)
+    path = config.state.dir / "archive.state.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"{not json")
+    report = status.collect(config, now=NOW)
+    assert report["archive"]["error"] == (
+        f"{path}: state file is corrupt (not JSON); the next archive run moves it to"
+        " archive.state.json.damaged and writes a new one"
+    )
+    assert status.status_exit_code(report) == 1
+
+
 def test_no_archive_state_means_never_run(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     report = status.collect(config, now=NOW)
