@@ -99,10 +99,22 @@ _REFUSED = re.compile(r"The Matomo tracker identified (\d+) invalid requests")
 _FATAL = re.compile(
     r"^Fatal error: (.*?)(?=^You can restart the import|\Z)", re.MULTILINE | re.DOTALL
 )
+_HTML_START = re.compile(r"<!DOCTYPE html|<html\b", re.IGNORECASE)
+_H2 = re.compile(r"<h2\b[^>]*>(.*?)</h2>", re.DOTALL | re.IGNORECASE)
+_HTTP_ERROR = re.compile(r"^MatomoHttpBase\.Error: .*", re.MULTILINE | re.DOTALL)
 _TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.DOTALL | re.IGNORECASE)
 _BLOCKED = re.compile(r"not allowed to log in|too many failed logins", re.IGNORECASE)
 _SKIP = re.compile(r"specifying --skip=(\d+) on the command line")
-_AUTH_WORDS = re.compile(r"token|HTTP Error 401|HTTP Error 403|401 Unauthorized", re.IGNORECASE)
+#: Matomo refusing the token: a 401/403 whose answer speaks of the token or a refused login.
+#: Both are needed: a 500 page naming `token_auth` or a proxy's own 401 is no failed login.
+_AUTH_STATUS = re.compile(r"HTTP Error 40[13]\b")
+_AUTH_WORDS = re.compile(
+    r"token|authenticat|not allowed to log in|too many failed logins", re.IGNORECASE
+)
+
+
+def _is_auth(text: str) -> bool:
+    return bool(_AUTH_STATUS.search(text) and _AUTH_WORDS.search(text))
 
 
 @dataclass(frozen=True)
@@ -196,7 +208,11 @@ def _classify(
 ) -> ImportResult:
     refused = sum(int(n) for n in _REFUSED.findall(stderr))
     fatal = [_readable(text) for text in _FATAL.findall(stderr)]
-    reason = fatal[-1] if fatal else _last_line(stderr)
+    # With --idsite, the site lookup at start-up fails with a traceback whose exception (its
+    # last line) holds Matomo's answer, maybe an HTML page over many lines.
+    http_errors = _HTTP_ERROR.findall(stderr)
+    http_error = _readable(http_errors[-1]) if http_errors else ""
+    reason = fatal[-1] if fatal else http_error or _last_line(stderr)
     if _BLOCKED.search(reason):
         reason += (
             " — Matomo blocked this host after failed logins: on the Matomo host run"
@@ -230,7 +246,7 @@ def _classify(
         return ImportResult(SUCCESS, 0, counts, hosts, refused)
     skip = _SKIP.search(stderr)
     n = None if skip is None else min(int(skip.group(1)), lines_sent)
-    if fatal and _AUTH_WORDS.search(" ".join(fatal)):
+    if fatal and _is_auth(" ".join(fatal)):
         # The lines before the refused request were recorded: commit them, then stop.
         return ImportResult(AUTH, returncode, refused_hits=refused, skip=n, reason=reason)
     if n is not None:
@@ -238,11 +254,8 @@ def _classify(
         return ImportResult(outcome, returncode, refused_hits=refused, skip=n, reason=reason)
     if fatal:
         return ImportResult(FAILED, returncode, refused_hits=refused, reason=reason)
-    last = _last_line(stderr)
-    if last.startswith("MatomoHttpBase.Error:"):
-        # With --idsite, the site lookup at start-up fails with a traceback: nothing was sent.
-        outcome = AUTH if _AUTH_WORDS.search(last) else FAILED
-        return ImportResult(outcome, returncode, reason=last)
+    if http_error:  # the start-up traceback: nothing was sent
+        return ImportResult(AUTH if _is_auth(http_error) else FAILED, returncode, reason=reason)
     # A traceback: it crashed mid-batch; earlier bulk requests may have been recorded.
     return ImportResult(
         UNCERTAIN, returncode, refused_hits=refused, reason=f"import_logs.py crashed: {reason}"
@@ -261,8 +274,14 @@ def clip(text: str, limit: int) -> str:
 
 
 def _readable(text: str) -> str:
-    """One line from a fatal error whose response may be an HTML page."""
-    text = html.unescape(_TAG.sub(" ", text))
+    """One line from an error whose response may be an HTML page: the text before the page,
+    then the page's message (Matomo's error page holds it in its one <h2>; other pages give
+    their visible text), never markup, never a word cut in two."""
+    page = _HTML_START.search(text)
+    if page is not None:
+        heading = _H2.search(text, page.start())
+        body = heading.group(1) if heading else text[page.start() :]
+        text = text[: page.start()] + " " + html.unescape(_TAG.sub(" ", body))
     return clip(" ".join(text.split()), 500)
 
 

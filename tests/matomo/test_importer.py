@@ -535,3 +535,70 @@ def test_nothing_read_is_never_uncertain(
     assert read.outcome == UNCERTAIN
     unread = classify(returncode, "", stderr, 3, timed_out=timed_out, read_input=False)
     assert unread.outcome == FAILED and "before reading its input" in unread.reason
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # A PHP error page that names the parameter: not an authentication failure.
+        "HTTP Error 500 Internal Server Error, response: <html><body>Undefined index: token_auth"
+        " in /var/www/matomo/core/Tracker.php</body></html>",
+        'HTTP Error 400 Bad Request, response: {"message":"token_auth is not a valid parameter"}',
+        # A proxy's basic auth in front of Matomo: not Matomo's failed login.
+        "HTTP Error 401 Unauthorized, response: <html><title>401 Authorization Required</title>"
+        "</html>",
+    ],
+    ids=["500-naming-token_auth", "400-naming-token_auth", "401-from-a-proxy"],
+)
+def test_only_a_refused_token_is_auth(message: str) -> None:
+    """AUTH pauses imports for an hour: only Matomo refusing the token (401/403 with its token
+    wording) may cause it, not any fatal error that mentions a token."""
+    assert classify(1, "", fatal(message, 0), 10).outcome == FAILED
+    traceback = traceback_ending(f"MatomoHttpBase.Error: {message}")
+    assert classify(1, "", traceback, 10).outcome == FAILED
+
+
+def test_a_403_with_the_token_wording_is_auth() -> None:
+    message = (
+        'HTTP Error 403 Forbidden, response: {"result":"error","message":"Unable to authenticate'
+        ' with the provided token."}'
+    )
+    assert classify(1, "", fatal(message, 0), 10).outcome == AUTH
+
+
+#: The shape of Matomo 5's HTML error page (our own markup with the same structure: a title, an
+#: "An error occurred" heading, the message in an h2, back links, a list of help links).
+ERROR_PAGE = (
+    '<!DOCTYPE html>\n<html>\n<head>\n\t<meta charset="utf-8">\n'
+    "\t<title>Matomo &rsaquo; Error</title>\n"
+    '\t<link rel="stylesheet" type="text/css" href="plugins/x.css" />\n</head>\n'
+    '<body id="simple">\n<div class="logo"><img title="Matomo" alt="Matomo" src="logo.svg"/>'
+    '</div>\n<div class="box">\n\t<div class="header">\n\t\t<h1>An error occurred</h1>\n'
+    '\t</div>\n\t<div class="content">\n'
+    "<h2>Unable to authenticate with the provided token. It is either invalid or expired.</h2>"
+    '<p><a href="javascript:window.history.back();">Go Back</a> | <a href="index.php">Go to'
+    ' Matomo</a></p> <ul>\n<li><a href="https://matomo.org">Matomo.org homepage</a></li>\n'
+    '<li><a href="https://matomo.org/faq/">Frequently Asked Questions</a></li>\n</ul>'
+    "\n\t</div>\n</div>\n<script>if (a < b) { x(); }</script>\n</body>\n</html>\n"
+)
+READABLE_401 = (
+    "HTTP Error 401 Unauthorized, response: Unable to authenticate with the provided token. It"
+    " is either invalid or expired."
+)
+
+
+def test_an_html_error_page_gives_matomos_message_whole() -> None:
+    """The reason is the page's message, complete: not its title cut after five letters
+    ("response: Matom"), not its navigation links, never markup."""
+    result = classify(1, "", fatal(f"HTTP Error 401 Unauthorized, response: {ERROR_PAGE}", 0), 9)
+    assert result.outcome == AUTH
+    assert result.reason == READABLE_401
+
+
+def test_an_html_error_page_in_the_idsite_start_up_traceback() -> None:
+    stderr = traceback_ending(
+        f"MatomoHttpBase.Error: HTTP Error 401 Unauthorized, response: {ERROR_PAGE}"
+    )
+    result = classify(1, "", stderr, 10)
+    assert result.outcome == AUTH
+    assert result.reason == f"MatomoHttpBase.Error: {READABLE_401}"
