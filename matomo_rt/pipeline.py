@@ -8,6 +8,7 @@ else keeps the offset, so the same batch is offered again later.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -393,6 +394,13 @@ class Source:
                     result.returncode,
                     reason="import_logs.py exited before reading the whole batch",
                 )
+        if result.outcome == importer.REFUSED:
+            # Requests older than Matomo accepts are refused on every retry: name the way out.
+            result = dataclasses.replace(
+                result,
+                reason=f"{result.reason}; if they are older than Matomo accepts, no retry will"
+                f" change that: move past this batch with {self._seek_past(batch)}",
+            )
         report.outcome = result.outcome
         report.unmatched_hosts.update(result.unmatched_hosts)
         if result.outcome == importer.SUCCESS:
@@ -447,6 +455,19 @@ class Source:
             log.error("%s: import failed (%s): %s", self.name, result.outcome, result.reason)
         self._record_error(result.outcome, result.reason, **extra)
         return False
+
+    def _seek_past(self, batch: Batch) -> str:
+        """The command that moves this log's position to the end of `batch`, quoted."""
+        end = batch.end.current
+        try:
+            st = os.stat(self.log_config.path)
+            live = end is not None and end.same_file(st.st_dev, st.st_ino)
+        except OSError:
+            live = False
+        if live and end is not None and end.offset is not None:
+            return f"`matomo-rt seek --log {self.name} --to {end.offset}`"
+        return f"`matomo-rt seek --log {self.name} --to end` (it is in a rotated file: this skips"
+        " the rest of the backlog too)"
 
     def _run_importer(
         self, stdin: Iterator[bytes], sent: Callable[[], int], one_recorder: bool = False

@@ -29,7 +29,14 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from matomo_rt.commands import EXIT_CONFIG, EXIT_FAILURE, EXIT_NOPERM, EXIT_OK, run_import
+from matomo_rt.commands import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_NOPERM,
+    EXIT_OK,
+    run_import,
+    run_seek,
+)
 from matomo_rt.config import Config, ConfigError, load
 from matomo_rt.matomo import importer
 from matomo_rt.pipeline import PassReport, Source, open_sources, state_paths
@@ -331,6 +338,26 @@ def test_matomo_refusing_every_hit_commits_nothing(rig: Rig) -> None:
     rig.clear_control()
     assert one_pass(config).outcome == importer.SUCCESS
     assert rig.recorded() == data
+
+
+def test_a_batch_matomo_refuses_whole_names_the_way_past_it(rig: Rig) -> None:
+    """Hits older than Matomo accepts are refused on every retry: the log would stall on that
+    batch forever. The error names the command that moves past exactly that batch."""
+    config = rig.write_config(batch_lines=10)
+    data = lines_of(0, 15)
+    rig.append(data)
+    rig.set_control(fail="refuse_all")
+    report = one_pass(config)
+    assert report.outcome == importer.REFUSED and rig.offset() == 0
+    end = len(b"".join(data[:10]))
+    assert f"matomo-rt seek --log web --to {end}" in (report.error or "")
+    assert "older than Matomo accepts" in (report.error or "")
+    assert rig.stats()["last_error"]["reason"] == report.error
+
+    assert run_seek(config, "web", str(end)) == EXIT_OK
+    rig.clear_control()
+    assert one_pass(config).caught_up
+    assert rig.recorded() == data[10:]
 
 
 def test_some_hits_refused_commits_and_warns(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
