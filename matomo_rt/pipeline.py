@@ -536,9 +536,11 @@ class Source:
         position = batch.end if before < 0 else batch.position_after_lines(before)
         quarantined = self._quarantine_prefix(checked, lines)
         now = self.clock()
+        # Uncertain: nobody knows what Matomo holds of them, so they are not counted imported.
+        imported = result.held if result.outcome == importer.SUCCESS else 0 if uncertain else sent
         updates: dict[str, Any] = {
             "add_lines_read": lines,
-            "add_imported": result.held if result.outcome == importer.SUCCESS else sent,
+            "add_imported": imported,
             "add_refused": result.refused_hits,
             "add_unmatched": result.counts.get("no_site", 0),
             "unmatched_hosts": result.unmatched_hosts,
@@ -561,7 +563,7 @@ class Source:
         self._commit(position, **updates)
         report.committed_lines += lines
         report.quarantined += quarantined
-        report.imported += result.held if result.outcome == importer.SUCCESS else sent
+        report.imported += imported
 
     def _quarantine_prefix(self, checked: GuardResult, lines: int) -> int:
         """Write the held-back lines among the first `lines` batch lines, before committing."""

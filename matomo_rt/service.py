@@ -383,8 +383,11 @@ class Service:
         if not self._wait_idle(self.config.service.stop_timeout):
             log.warning(
                 "service.stop_timeout (%gs) passed with a batch still running: stopping the"
-                " importer; that batch is uncertain and handled by on_uncertain next time",
+                " importer; the batch is uncertain: %s",
                 self.config.service.stop_timeout,
+                "on_uncertain = skip moves past it now"
+                if self.config.import_.on_uncertain == "skip"
+                else "on_uncertain = resend sends it again at the next start",
             )
             execute.kill_all_children()
             self._wait_idle(10.0)

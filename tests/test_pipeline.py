@@ -804,6 +804,7 @@ def test_outcome_table_rows_each_name_existing_tests() -> None:
         "config": ROOT / "tests" / "test_config.py",
         "check": ROOT / "tests" / "test_check.py",
         "options": ROOT / "tests" / "matomo" / "test_options.py",
+        "service": ROOT / "tests" / "e2e" / "test_service.py",
         "workers": ROOT / "tests" / "test_workers.py",
         "service": ROOT / "tests" / "e2e" / "test_service.py",
     }

@@ -213,6 +213,41 @@ def test_term_with_a_batch_in_flight_stops_within_stop_timeout(rig):
     assert_delivered(rig.recorded(), written, max_duplicates=BATCH)
 
 
+def test_term_past_stop_timeout_under_skip_moves_past_the_killed_batch_and_says_so(rig):
+    """DESIGN §3: a batch killed at shutdown is uncertain; under `skip` it is committed (at most
+    once), after the importer is dead, and the log and the counter say so truthfully."""
+    log = rig.logs / "access.log"
+    written = lines("s", 0, 12)
+    append(log, written)
+    rig.set_control({"hang_after_lines": 5})
+    rig.write_config(
+        [("access", log)],
+        batch_lines=BATCH,
+        stop_timeout="2s",
+        import_timeout="5m",
+        extra_import='on_uncertain = "skip"\n',
+    )
+    service = rig.start_service()
+    importer = in_flight(rig, 5)
+    service.send(signal.SIGTERM)
+    assert service.wait(2 + STOP_MARGIN + 5) == 0, service.describe()
+    assert pid_gone(importer)
+    text = service.log()
+    assert "the batch is uncertain: on_uncertain = skip moves past it now" in text
+    assert "on_uncertain = skip: moving past the batch (12 lines)" in text
+    state = json.loads((rig.state / "access.state.json").read_text())
+    assert state["stats"]["uncertain_batches"] == 1
+    assert state["position"]["current"]["offset"] == log.stat().st_size
+
+    rig.set_control(None)
+    append(log, lines("s", 12, 14))
+    service = rig.start_service()
+    wait_for(lambda: len(rig.recorded()) >= 7, 15, "the new lines", service.describe)
+    service.send(signal.SIGTERM)
+    assert service.wait(10) == 0
+    assert rig.recorded() == written[:5] + lines("s", 12, 14)  # at most once
+
+
 def test_reload_during_a_batch_longer_than_stop_timeout_is_refused_not_forced(rig):
     """A reload must not close a log's source under its running batch: that batch's commit
     would be lost (sent twice) while its importer ran on without our lock."""
