@@ -13,9 +13,9 @@ Everything that can go wrong with a child process is handled here, once:
   so helpers the child started do not survive it;
 * ``PR_SET_PDEATHSIG`` makes the kernel kill the child if we are killed with SIGKILL;
 * a non-zero exit is a result (:class:`Completed`), not an exception;
-* secrets never reach a message, a log line or an exception produced here, and the
-  ``sh`` library's own exceptions (which embed the full command line and output) never
-  propagate.
+* secrets never reach a message, a log line or an exception produced here (masked by
+  :mod:`matomo_rt.redact`), and the ``sh`` library's own exceptions (which embed the full
+  command line and output) never propagate.
 
 Processes are started with ``sh`` (``sh.Command``, ``_bg=True``): it forks, sets up the
 session and the output pipes, reads stdout/stderr in its threads and reaps the child. Where
@@ -35,9 +35,7 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import select
-import shlex
 import signal
 import sys
 import termios
@@ -47,11 +45,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional
-from urllib.parse import quote, quote_plus
 
 import sh
 
 from matomo_rt.config import TOKEN_ENV
+from matomo_rt.redact import describe_argv, one_line, redact
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -67,9 +65,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between SIGTERM and SIGKILL when we stop a child's process group.
 DEFAULT_GRACE = 2.0
-
-#: Replacement for every redacted secret.
-MASK = "***"
 
 # sh pitfall: sh logs through the "sh" logger hierarchy. Its debug records carry the raw
 # command line (``<Process pid ['/usr/bin/python3', ...]>``) and the first bytes of every
@@ -96,85 +91,6 @@ PRIVATE_ENV = frozenset([TOKEN_ENV])
 
 # How often waiting loops look again (feeder waiting for pipe space, group-death polling).
 _POLL_INTERVAL = 0.02
-
-
-# --------------------------------------------------------------------------------------
-# Redaction
-# --------------------------------------------------------------------------------------
-
-# Token patterns that are redacted even when the token itself was not passed as a
-# secret: query strings / form bodies (token_auth=...), JSON ("token_auth": "..."), and the
-# command-line flag of import_logs.py (--token-auth X / --token-auth=X).
-_TOKEN_PATTERNS = (
-    re.compile(r"(token_auth=)[^&\s\"'#;,]+", re.IGNORECASE),
-    re.compile(r"(\"token_auth\"\s*:\s*\")[^\"]*", re.IGNORECASE),
-    re.compile(r"(--token[-_]auth(?:=|\s+))[^\s\"']+", re.IGNORECASE),
-)
-
-_PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
-
-
-def _secret_pattern(variant: str) -> str:
-    """Regex for one spelling of a secret; percent-escapes match in either hex case."""
-    out = []
-    pos = 0
-    for m in _PERCENT_ESCAPE.finditer(variant):
-        out.append(re.escape(variant[pos : m.start()]))
-        hi, lo = m.group(1)
-        out.append(f"%[{hi.upper()}{hi.lower()}][{lo.upper()}{lo.lower()}]")
-        pos = m.end()
-    out.append(re.escape(variant[pos:]))
-    return "".join(out)
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    """Replace every secret, and its URL-encoded spellings, in ``text`` with ``***``.
-
-    URL-encoded forms matter because import_logs.py and Matomo echo request URLs and form
-    bodies in their errors. ``token_auth=...`` and ``--token-auth ...`` are masked even
-    when the token was not passed as a secret, as a second line of defence. Empty secrets
-    are ignored (masking "" would mask everything).
-    """
-    if not text:
-        return text
-    variants = set()
-    for secret in secrets:
-        if not secret:
-            continue
-        variants.update((secret, quote(secret, safe=""), quote(secret), quote_plus(secret)))
-    if variants:
-        # Longest first, so a secret that contains another is masked whole.
-        ordered = sorted(variants, key=len, reverse=True)
-        text = re.sub("|".join(_secret_pattern(v) for v in ordered), MASK, text)
-    for pattern in _TOKEN_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + MASK, text)
-    return text
-
-
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _one_line(text: str) -> str:
-    """Escape control characters so a message is exactly one log line."""
-    return _CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def _describe_argv(argv: Sequence[str], secrets: Sequence[str]) -> str:
-    """Shell-quoted, redacted command line on one line.
-
-    Each argument is redacted before quoting: quoting first could split a secret that
-    contains a quote character, and the pieces would no longer match.
-    """
-    line = " ".join(_quote(redact(a, secrets)) for a in argv)
-    return _one_line(redact(line, secrets))
-
-
-_NEEDS_NO_QUOTES = re.compile(r"[\w@%+=:,./*-]+")
-
-
-def _quote(arg: str) -> str:
-    """shlex.quote, except that ``***`` (a mask) is left bare: this is for reading."""
-    return arg if _NEEDS_NO_QUOTES.fullmatch(arg) else shlex.quote(arg)
 
 
 def _signal_name(signum: int) -> str:
@@ -213,7 +129,7 @@ class ExecError(Exception):
 
 def _exec_error(program: str, reason: str, secrets: Sequence[str]) -> ExecError:
     """Build the one-line, redacted ExecError for ``program``."""
-    program, reason = _one_line(redact(program, secrets)), _one_line(redact(reason, secrets))
+    program, reason = one_line(redact(program, secrets)), one_line(redact(reason, secrets))
     return ExecError(f"cannot run {program}: {reason}", program=program, reason=reason)
 
 
@@ -267,13 +183,13 @@ class Completed:
         else:
             how = f"exit {self.returncode} in {self.duration:.2f}s"
         line = (
-            f"{_describe_argv(self.argv, all_secrets)}: {how}"
+            f"{describe_argv(self.argv, all_secrets)}: {how}"
             f" (stdout {_size(len(self.stdout))}, stderr {_size(len(self.stderr))})"
         )
         if not self.ok:
             last = _last_line(self.stderr)
             if last:
-                line += f"; stderr: {_one_line(redact(last, all_secrets))}"
+                line += f"; stderr: {one_line(redact(last, all_secrets))}"
         return line
 
     def __repr__(self) -> str:
@@ -663,7 +579,7 @@ def run(
             raise TypeError(f"env_extra entries must be str: {redact(str(key), secrets)}")
     secrets = tuple(s for s in secrets if s)
     program = argv[0]
-    label = _describe_argv(argv, secrets)
+    label = describe_argv(argv, secrets)
 
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
     env.update(env_extra)
