@@ -316,14 +316,16 @@ def refused_flag(flag: str) -> Optional[str]:
 def _flags(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError('must be a list of strings such as ["--enable-http-errors"]')
+    problems = []
     for flag in value:
         if not flag.startswith("-"):
-            raise ValueError(
+            problems.append(
                 f"{flag!r} is not an option (options start with -; give a value as --name=value)"
             )
-        why = refused_flag(flag)
-        if why:
-            raise ValueError(why)
+        else:
+            problems.append(refused_flag(flag) or "")
+    if any(problems):
+        raise ValueError("; ".join(p for p in problems if p))
     return tuple(value)
 
 

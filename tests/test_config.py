@@ -406,3 +406,10 @@ def test_every_full_option_that_is_not_refused_is_accepted(tmp_path: Path) -> No
     assert "--enable-http-errors" in accepted and "--debug" in accepted
     flags = ", ".join(f'"{o}=1"' for o in accepted)
     load(write(tmp_path, MINIMAL + f"flags = [{flags}]\n"))
+
+
+def test_every_refused_flag_of_a_list_is_named_at_once(tmp_path: Path) -> None:
+    found = problems(tmp_path, '[import]\nflags = ["--dry", "--auth-password=pw-s3cret"]\n')
+    assert len(found) == 1
+    assert "--dry: abbreviates --dry-run" in found[0] and "--auth-password:" in found[0]
+    assert "pw-s3cret" not in found[0]
