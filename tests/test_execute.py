@@ -248,7 +248,7 @@ def test_a_thread_that_cannot_start_does_not_leak_the_child(
 
     def start(self: threading.Thread) -> None:
         if self.name.startswith(thread):
-            wait_until(pidfile.exists, what="the child")
+            wait_until(lambda: pidfile.exists() and pidfile.read_text(), what="the child's pid")
             raise RuntimeError("can't start new thread")
         real_start(self)
 
