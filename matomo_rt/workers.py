@@ -323,7 +323,8 @@ def _record_run(
             todo,
         )
     state.done[p] += held
-    imported = result.held if result.outcome == importer.SUCCESS else held
+    # An uncertain share moved past (skip) is not counted: nobody knows what Matomo holds of it.
+    imported = {importer.SUCCESS: result.held, importer.UNCERTAIN: 0}.get(result.outcome, held)
     report.imported += imported
     runs = dict(source.stats.get("worker_runs") or {})
     runs[result.outcome] = int(runs.get(result.outcome) or 0) + 1
