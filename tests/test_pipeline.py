@@ -806,7 +806,6 @@ def test_outcome_table_rows_each_name_existing_tests() -> None:
         "options": ROOT / "tests" / "matomo" / "test_options.py",
         "service": ROOT / "tests" / "e2e" / "test_service.py",
         "workers": ROOT / "tests" / "test_workers.py",
-        "service": ROOT / "tests" / "e2e" / "test_service.py",
     }
     text = (ROOT / "docs" / "outcomes.md").read_text()
     table = text.split("## Fault by fault", 1)[1].split("\n## ", 1)[0]
