@@ -112,6 +112,29 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return run_check(_load_config(args))
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from matomo_rt.config import DEFAULT_CONFIG_PATH, default_config_path
+    from matomo_rt.init import InitError, run_init
+
+    target = Path(args.config) if args.config else default_config_path()
+    try:
+        run_init(
+            target,
+            url=args.url,
+            matomo_path=args.path,
+            import_logs=args.import_logs,
+            token_file=args.token_file,
+            logs=args.log,
+            out=sys.stdout,
+            default_target=target == DEFAULT_CONFIG_PATH,
+            idsite=args.idsite,
+        )
+    except InitError as exc:
+        log.error("init: %s", exc)
+        return exc.exit_code
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matomo-rt",
@@ -222,6 +245,48 @@ def build_parser() -> argparse.ArgumentParser:
         "out. Exit code 1 when anything fails.",
     )
     chk.set_defaults(func=_cmd_check)
+
+    ini = sub.add_parser(
+        "init",
+        help="write a first, commented configuration file; never overwrites one",
+        description="Write a commented configuration to -c FILE (default: $MATOMO_RT_CONFIG or "
+        "/etc/matomo-rt/config.toml) from these options: import_logs.py is looked for under "
+        "--path (misc/log-analytics/import_logs.py; if it is missing, init says where to get "
+        "it), and each --log's format is detected from its last lines and written (a format "
+        "without a host per line also needs --idsite). The token itself is never written, "
+        "only --token-file's path. Then run the `check` it names. Exit codes: "
+        "0 written, 2 bad options (e.g. a URL that is not http(s)), 73 the file exists (it is "
+        "never overwritten) or cannot be created.",
+    )
+    ini.add_argument("--url", required=True, help="Matomo's base URL (where its login page is)")
+    ini.add_argument(
+        "--path", metavar="DIR", help="Matomo's directory (import_logs.py and console are in it)"
+    )
+    ini.add_argument(
+        "--import-logs",
+        metavar="FILE",
+        help="import_logs.py elsewhere than under --path (without --path, archiving is disabled)",
+    )
+    ini.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the file holding the token_auth (default: none; $MATOMO_TOKEN_AUTH is used)",
+    )
+    ini.add_argument(
+        "--idsite",
+        type=int,
+        metavar="N",
+        help="the Matomo site of logs whose lines name no host (combined, common): written as "
+        "their idsite",
+    )
+    ini.add_argument(
+        "--log",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="an access log to import (repeatable)",
+    )
+    ini.set_defaults(func=_cmd_init)
     return parser
 
 

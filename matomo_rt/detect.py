@@ -11,6 +11,11 @@ access logs, combined (``ncsa_extended``), common, vhost_combined (``common_comp
 common with a leading virtual host (``common_vhost``). Anything else is "unknown" (format None),
 JSON of another shape included. The patterns below describe what import_logs.py's own patterns
 accept (a prefix match: trailing fields are allowed), so a line parsed here parses there too.
+
+For callers: ``detect_file(path)`` (or ``detect_lines(lines)`` on lines already read) gives a
+Detection; ``mismatch(configured_format, detection)`` turns it into the one-line
+"this log is not in its format — the fix" that `check`, `init` and the health verdict print,
+or None when the log is in its format (or this module cannot tell).
 """
 
 from __future__ import annotations

@@ -70,3 +70,20 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     command = ".venv/bin/python -m pytest -q -n 4"
     assert command in readme and command in ci
+
+
+def test_readme_commands_table_lists_every_command() -> None:
+    import argparse
+
+    from matomo_rt.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z-]+)[ `]", readme, re.MULTILINE))
+    assert set(sub.choices) <= listed
+
+
+def test_readme_runs_check_as_check_and_init_advise() -> None:
+    from matomo_rt.check import RUN_AS_SERVICE
+
+    assert RUN_AS_SERVICE in (ROOT / "README.md").read_text()
