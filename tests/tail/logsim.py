@@ -38,6 +38,8 @@ class LogSim:
         self.partial: Optional[bytes] = None  # rest of a line not yet written
         self.expected: list[bytes] = []  # complete lines, in the order they became complete
         self.open_fragment: Optional[bytes] = None  # written part of the unfinished line
+        self.copied: Optional[int] = None  # len(expected) when copytruncate copied, until truncate
+        self.window: set[bytes] = set()  # lines written between a copy and its truncate
 
     # writing ---------------------------------------------------------------------------
     def append(self, lines: int, partial: bool = False, width: int = 40) -> None:
@@ -129,13 +131,33 @@ class LogSim:
         return rotated
 
     def rotate_copytruncate(self) -> Path:
+        """logrotate's copytruncate with nothing written between its copy and its truncate."""
         self._close_fragment()
+        copy = self.copy_for_truncate()
+        self.truncate_after_copy()
+        return copy
+
+    def copy_for_truncate(self) -> Path:
+        """The first half of copytruncate: shift the numbered generations, copy the live file
+        to `.1`. Until `truncate_after_copy`, the copy and the live file hold the same lines,
+        and lines written meanwhile are only in the live file."""
+        if self.open_fragment is not None:
+            self.append(0)  # nginx finishes the line it is writing before logrotate copies
         self._shift()
         copy = self.dir / f"{self.live.name}.1"
         shutil.copy2(self.live, copy)
+        self.copied = len(self.expected)
+        return copy
+
+    def truncate_after_copy(self) -> None:
+        """The second half: empty the live file. Lines written since the copy go with it unless
+        a reader took them in time: they may be missing, never twice (copytruncate's window)."""
+        if self.copied is not None:
+            self.window.update(self.expected[self.copied :])
+        self.copied = None
+        self.open_fragment = self.partial = None  # a half-written line dies with the truncate
         with self.live.open("r+b") as fh:
             fh.truncate(0)
-        return copy
 
     def delete_and_recreate(self) -> None:
         """rm + create: an unfinished last line of the deleted file is gone with it."""

@@ -433,6 +433,29 @@ def test_copytruncate_when_the_live_file_regrew_past_the_offset(log: Path, state
     assert got == b"".join(sim.expected)
 
 
+def test_a_second_copy_made_before_its_truncate_is_not_read_twice(log: Path, state: Path) -> None:
+    """Rule 5 with a race (issue 9, item 1): a copytruncate, then a second one caught between
+    its copy and its truncate. The new `.1` holds the same lines as the live file: the lines
+    written since the first truncate come once, from one of them, never from both."""
+    sim = LogSim(log.parent)
+    clock = Clock()
+    sim.append(8)
+    clock.touch(sim.live)
+    got = take(log, state)
+    copy = sim.rotate_copytruncate()  # access.log -> .1, truncate
+    clock.touch(copy)
+    sim.append(6)  # r8..r13
+    clock.touch(sim.live)
+    sim.copy_for_truncate()  # .1 -> .2, access.log -> .1; the truncate has not happened yet
+    got += take(log, state)
+    assert got == b"".join(sim.expected)
+    sim.truncate_after_copy()
+    sim.append(2)
+    clock.touch(sim.live)
+    got += take(log, state)
+    assert got == b"".join(sim.expected)
+
+
 # -- rule 6: partial last lines -------------------------------------------------------------
 
 
@@ -805,7 +828,8 @@ def test_a_rotation_mid_pass_is_not_mistaken_for_a_new_file(
     """Rule 1 with a race: nginx's log is rotated after the reader stat()ed it. The file read
     must be the file stat()ed (identity from the open descriptor), or the old generation would be
     taken for a new one and imported again from byte 0."""
-    import matomo_rt.tail.reader as reader_module
+    import matomo_rt.tail.plan
+    import matomo_rt.tail.reader
 
     log = tmp_path / "access.log"
     state = tmp_path / "state.json"
@@ -819,8 +843,13 @@ def test_a_rotation_mid_pass_is_not_mistaken_for_a_new_file(
         log.rename(tmp_path / "access.log.1")
         log.write_bytes(lines(9, 12))  # longer than the old offset
 
-    target = "read_head" if moment == "while planning" else "open_log"
-    real = getattr(reader_module, target)
+    # Planning reads heads (plan.py); reading opens the files (reader.py).
+    module, target = (
+        (matomo_rt.tail.plan, "read_head")
+        if moment == "while planning"
+        else (matomo_rt.tail.reader, "open_log")
+    )
+    real = getattr(module, target)
     done: list[bool] = []
 
     def racing(path: str, *args: object) -> object:
@@ -829,7 +858,7 @@ def test_a_rotation_mid_pass_is_not_mistaken_for_a_new_file(
             rotate()
         return real(path, *args)
 
-    monkeypatch.setattr(reader_module, target, racing)
+    monkeypatch.setattr(module, target, racing)
     got: list[bytes] = []
     for _ in range(5):
         reader = StoredReader(log, state, start_at="beginning")
