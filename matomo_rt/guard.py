@@ -14,6 +14,7 @@ show up in its summary.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import json.scanner
 import math
@@ -280,17 +281,32 @@ def guard(lines: Iterable[bytes], check: Check = check_line) -> GuardResult:
 
 
 class Quarantine:
-    """An append-only JSON-lines file of held-back lines, with their reasons.
+    """A JSON-lines file of held-back lines, with their reasons.
 
     The raw bytes survive (surrogate escapes for invalid UTF-8), so an operator can repair and
-    re-import them. Appends are fsync'd before the offset moves past them.
+    re-import them. Entries belong to the commit of their batch: the state file records how
+    many bytes of this file are committed (`write` keeps exactly those and appends after
+    them), so a retry never writes an entry twice and a torn append does not survive.
     """
 
     def __init__(self, path: Path, log_name: str) -> None:
         self.path = path
         self.log_name = log_name
 
-    def add(self, entries: Iterable[tuple[str, bytes]]) -> int:
+    def size(self) -> int:
+        """Bytes in the file (0 when there is none)."""
+        try:
+            return os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def write(self, entries: Iterable[tuple[str, bytes]], after: int) -> int:
+        """Keep the first `after` bytes (fewer if an operator shortened the file), append
+        `entries` and fsync; returns the new size. StateError when the disk refuses."""
+        from matomo_rt.store import write_all
+
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         out = []
         for reason, raw in entries:
@@ -301,24 +317,23 @@ class Quarantine:
                 "line": raw.rstrip(b"\n").decode("utf-8", "surrogateescape"),
             }
             out.append(json.dumps(record, ensure_ascii=True) + "\n")
-        if not out:
-            return 0
+        data = "".join(out).encode()
         try:
-            self._append("".join(out).encode())
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                keep = min(after, os.fstat(fd).st_size)
+                os.ftruncate(fd, keep)
+                os.lseek(fd, keep, os.SEEK_SET)
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            from matomo_rt.store import StateError
+            raise self._error(exc) from None
+        return keep + len(data)
 
-            raise StateError(
-                f"{self.path}: cannot write the quarantine file: {exc.strerror}"
-            ) from None
-        return len(out)
+    def _error(self, exc: OSError) -> Exception:
+        from matomo_rt.store import StateError
 
-    def _append(self, data: bytes) -> None:
-        from matomo_rt.store import write_all
-
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        hint = " (disk full?)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return StateError(f"{self.path}: cannot write the quarantine file: {exc.strerror}{hint}")

@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -113,6 +113,10 @@ class Source:
         self.document: dict[str, Any] = {}
         #: Where the next batch starts: past every line Matomo holds.
         self.position = Position()
+        #: Bytes of the quarantine file the state file knows of (entries of committed batches).
+        self.quarantine_bytes = 0
+        #: Quarantine entries of committed batches not yet durable (the disk refused them).
+        self.pending: list[tuple[str, bytes]] = []
         self.consecutive_failures = 0
         self.retry_at = 0.0
         self.unsaved = False
@@ -135,22 +139,33 @@ class Source:
                 ),
                 not_ours=(self.state_path.name, self.lock_path.name, self.quarantine.path.name),
                 max_line_bytes=MAX_LINE_BYTES,
-                on_oversized=self._quarantine_oversized,
             )
+            self.quarantine_bytes = self._committed_quarantine()
         except BaseException:
             self.lock.release()
             raise
         self.health = health.LogHealth.from_json(self.stats.get("health"))
         return self
 
-    def _quarantine_oversized(self, head: bytes, length: int) -> None:
-        """A line no web server writes (megabytes long): its head to the quarantine file."""
-        if self.dry_run:
-            return
-        self.quarantine.add([(f"line of {length} bytes, longer than {MAX_LINE_BYTES}", head)])
-        stats = self.stats
-        stats["quarantined"] = _count(stats.get("quarantined")) + 1
-        self.document = {**self.document, "stats": stats}
+    def _committed_quarantine(self) -> int:
+        """Bytes of the quarantine file that belong to committed batches.
+
+        Entries past what the state file records were written for a batch whose commit never
+        happened (the process died before its state write): that batch is read and its lines
+        quarantined again, so they are dropped now rather than written twice.
+        """
+        size = self.quarantine.size()
+        record = self.document.get("quarantine")
+        known = record.get("bytes") if isinstance(record, dict) else None
+        if type(known) is not int or known >= size or self.dry_run:
+            return size  # a state from before this record, or an operator shortened the file
+        log.info(
+            "%s: dropping %d bytes of quarantine entries of a batch that was not committed;"
+            " its lines are read again",
+            self.name,
+            size - known,
+        )
+        return self.quarantine.write((), known)
 
     def seek(self, to: str) -> Position:
         """Move the position to "start", "end" or a byte of the live file; statistics kept.
@@ -192,9 +207,19 @@ class Source:
         self.document = document
 
     def _commit(
-        self, position: Position, document: Optional[dict[str, Any]] = None, **updates: Any
+        self,
+        position: Position,
+        document: Optional[dict[str, Any]] = None,
+        quarantine: Sequence[tuple[str, bytes]] = (),
+        **updates: Any,
     ) -> None:
-        """Make `position`, the statistics' `updates` and other `document` keys durable."""
+        """Make `position`, the `quarantine` entries of the lines it moves past, the statistics'
+        `updates` and other `document` keys durable.
+
+        On StateError (the disk refused the quarantine file or the state) all of it is kept in
+        memory: Matomo may hold lines the disk does not know about, so they are never offered
+        again from this process; the next pass writes them before it imports anything.
+        """
         extra = {**(document or {})}
         stats = self.stats
         hosts = updates.pop("unmatched_hosts", ())
@@ -218,32 +243,42 @@ class Source:
             else:
                 stats[key] = value
         extra["stats"] = stats
+        self.position = position
+        self.document = {**self.document, **extra}
         if self.dry_run:
-            self.position = position
-            self.document = {**self.document, **extra}
             return
+        self.pending.extend(quarantine)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write the pending quarantine entries (after the committed bytes of the file: a torn
+        or uncommitted append is dropped, none is written twice), then the state recording the
+        file's new committed length, the position and the statistics."""
         try:
-            self._save(position, {**self.document, **extra})
+            size = self.quarantine_bytes
+            if self.pending:
+                size = self.quarantine.write(self.pending, size)
+            self._save(self.position, {**self.document, "quarantine": {"bytes": size}})
         except StateError:
-            # Matomo may hold lines the disk does not know about: never offer them again from
-            # this process. Keep the position in memory; the next pass writes it before it
-            # imports anything.
-            self.document = {**self.document, **extra}
             self.unsaved = True
             raise
-        finally:
-            self.position = position
+        if self.pending:
+            for reason, _ in self.pending[:3]:
+                log.warning(
+                    "%s: quarantined a line: %s (%s)", self.name, reason, self.quarantine.path
+                )
+        self.pending = []
+        self.quarantine_bytes = size
         self.unsaved = False
 
     def _save_unsaved(self) -> Optional[str]:
-        """Retry writing a position the disk refused; the reason while it still fails."""
+        """Retry writing what the disk refused; the reason while it still fails."""
         if not self.unsaved:
             return None
         try:
-            self._save(self.position, self.document)
+            self._flush()
         except StateError as exc:
             return f"{exc}; no import until the position can be saved"
-        self.unsaved = False
         log.info("%s: the position is saved again", self.name)
         return None
 
@@ -311,13 +346,17 @@ class Source:
                 now = self.clock()
                 quiet_since = now - float(self.stats.get("last_success") or 0)
                 readable = report.file_problem is None
+                # Only oversized lines (skipped while reading): quarantined with this commit.
+                held = self.held_back(batch, GuardResult(), 0, whole=True)
+                extra: dict[str, Any] = {"add_quarantined": len(held)} if held else {}
+                report.quarantined += len(held)
                 if readable and report.batches == 0 and quiet_since >= QUIET_SUCCESS_SECONDS:
                     # Caught up is a success too: a quiet site must not look stuck to
                     # monitoring (but a missing log is no success). Recorded at most once a
                     # minute to spare the disk.
-                    self._commit(batch.end, last_success=now)
+                    self._commit(batch.end, quarantine=held, last_success=now, **extra)
                 elif batch.end != self.position:
-                    self._commit(batch.end)
+                    self._commit(batch.end, quarantine=held, **extra)
                 report.caught_up = True
                 if report.outcome == "idle":
                     report.outcome = importer.SUCCESS
@@ -371,13 +410,11 @@ class Source:
         )
         first = next(stdin, None)
         if first is None:  # every line quarantined: nothing to import
-            self._quarantine_prefix(checked, batch.lines)
+            held = self.held_back(batch, checked, batch.lines, whole=True)
             self._commit(
-                batch.end,
-                add_lines_read=batch.lines,
-                add_quarantined=len(checked.quarantined),
+                batch.end, quarantine=held, add_lines_read=batch.lines, add_quarantined=len(held)
             )
-            report.quarantined += len(checked.quarantined)
+            report.quarantined += len(held)
             report.committed_lines += batch.lines
             return True
         result = self._run_importer(itertools.chain([first], stdin), lambda: checked.sent)
@@ -534,7 +571,8 @@ class Source:
         before = checked.original_lines_before(sent)
         lines = batch.lines if before < 0 else before
         position = batch.end if before < 0 else batch.position_after_lines(before)
-        quarantined = self._quarantine_prefix(checked, lines)
+        held = self.held_back(batch, checked, lines, whole=before < 0)
+        quarantined = len(held)
         now = self.clock()
         # Uncertain: nobody knows what Matomo holds of them, so they are not counted imported.
         imported = result.held if result.outcome == importer.SUCCESS else 0 if uncertain else sent
@@ -560,21 +598,23 @@ class Source:
                 "outcome": result.outcome,
                 "reason": result.reason,
             }
-        self._commit(position, **updates)
+        self._commit(position, quarantine=held, **updates)
         report.committed_lines += lines
         report.quarantined += quarantined
         report.imported += imported
 
-    def _quarantine_prefix(self, checked: GuardResult, lines: int) -> int:
-        """Write the held-back lines among the first `lines` batch lines, before committing."""
+    def held_back(
+        self, batch: Batch, checked: GuardResult, lines: int, whole: bool = False
+    ) -> list[tuple[str, bytes]]:
+        """Quarantine entries for a commit of the first `lines` batch lines (`whole`: of the
+        whole batch): the Guard's held-back lines and the oversized lines the reader skipped.
+        They are written with that commit, never before it (a retry would write them again)."""
         held = [(reason, raw) for index, reason, raw in checked.quarantined if index < lines]
-        if held and not self.dry_run:
-            self.quarantine.add(held)
-            for reason, _ in held[:3]:
-                log.warning(
-                    "%s: quarantined a line: %s (%s)", self.name, reason, self.quarantine.path
-                )
-        return len(held)
+        skipped = (
+            [(b, n) for _, b, n in batch.oversized] if whole else batch.oversized_before(lines)
+        )
+        held += [(f"line of {n} bytes, longer than {MAX_LINE_BYTES}", b) for b, n in skipped]
+        return held
 
     def _warn_unmatched(self, result: importer.ImportResult) -> None:
         if result.unmatched_hosts:

@@ -354,7 +354,8 @@ def _close(
 ) -> bool:
     """Every partition is done (or skipped, on_uncertain = skip): quarantine, move the
     position past the batch, forget it. False when a skipped run makes the pass stop."""
-    quarantined = source._quarantine_prefix(checked, batch.lines)
+    held = source.held_back(batch, checked, batch.lines, whole=True)
+    quarantined = len(held)
     now = source.clock()
     updates: dict[str, Any] = {}
     if tally.uncertain:  # skipped: said and counted, as for one importer
@@ -365,6 +366,7 @@ def _close(
     source._commit(
         state.end,
         document={"open_batch": None},
+        quarantine=held,
         add_lines_read=batch.lines,
         add_quarantined=quarantined,
         add_normalised=checked.normalised,

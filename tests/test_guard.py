@@ -281,8 +281,8 @@ def test_quarantine_records_are_json_lines_with_a_recoverable_raw_line(tmp_path:
         ("empty line", b"\n"),
     ]
     q = Quarantine(path, "web")
-    assert q.add(held) == 3
-    assert q.add([]) == 0
+    size = q.write(held, 0)
+    assert q.write([], size) == size == path.stat().st_size == q.size()
     text = path.read_bytes()
     assert text.isascii()
     records = [json.loads(x) for x in text.splitlines()]
@@ -292,6 +292,21 @@ def test_quarantine_records_are_json_lines_with_a_recoverable_raw_line(tmp_path:
     for record, (_, raw) in zip(records, held):
         assert record["line"].encode("utf-8", "surrogateescape") + b"\n" == raw
     assert os.stat(path).st_mode & 0o007 == 0  # log data: not for every user
+
+
+def test_quarantine_write_keeps_only_the_committed_bytes_then_appends(tmp_path: Path) -> None:
+    """Entries past the committed length (a torn append, or one whose commit never happened)
+    are dropped before new ones are appended; a file an operator shortened is kept as it is."""
+    path = tmp_path / "web.quarantine.jsonl"
+    q = Quarantine(path, "web")
+    committed = q.write([("a", b"one\n")], 0)
+    with path.open("ab") as fh:
+        fh.write(b'{"time": "torn')
+    size = q.write([("b", b"two\n")], committed)
+    assert [json.loads(x)["line"] for x in path.read_bytes().splitlines()] == ["one", "two"]
+    path.write_bytes(b"")  # the operator emptied it
+    assert q.write([("c", b"three\n")], size) == q.size()
+    assert [json.loads(x)["line"] for x in path.read_bytes().splitlines()] == ["three"]
 
 
 # -- random objects ---------------------------------------------------------------------------

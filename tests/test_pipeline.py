@@ -806,6 +806,7 @@ def test_outcome_table_rows_each_name_existing_tests() -> None:
         "options": ROOT / "tests" / "matomo" / "test_options.py",
         "service": ROOT / "tests" / "e2e" / "test_service.py",
         "workers": ROOT / "tests" / "test_workers.py",
+        "reader": ROOT / "tests" / "tail" / "test_reader_rules.py",
     }
     text = (ROOT / "docs" / "outcomes.md").read_text()
     table = text.split("## Fault by fault", 1)[1].split("\n## ", 1)[0]
@@ -955,3 +956,113 @@ def test_a_state_written_by_the_previous_version_loads_and_keeps_its_statistics(
     stats = rig.stats()
     assert (stats["lines_read"], stats["imported"], stats["quarantined"]) == (3, 3, 7)
     assert rig.state_doc()["format"] == 1 and rig.offset() == st.st_size
+
+
+# -- quarantine entries belong to the commit ---------------------------------------------------
+
+
+def _disk_full_for(monkeypatch: pytest.MonkeyPatch, suffix: str) -> list[bool]:
+    """Writes to files named `*suffix` fail with ENOSPC after writing half (a torn entry), as
+    on a full disk, while the returned flag is set; every other write goes through."""
+    import errno
+
+    real_write = os.write
+    failing = [True]
+
+    def write(fd: int, data: Any) -> int:
+        if failing[0]:
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                target = ""
+            if target.endswith(suffix):
+                if len(data) > 1:
+                    real_write(fd, bytes(data[: len(data) // 2]))
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    return failing
+
+
+def test_a_quarantine_write_the_disk_refuses_never_resends_the_batch(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9, item 2: Matomo took the batch, then appending its quarantined line failed
+    (disk full). The position is kept in memory as for a refused state write: nothing is
+    imported until the quarantine entry and the state are written, and no line is sent twice."""
+    from matomo_rt.tail import StateError
+
+    config = rig.write_config(batch_lines=100)
+    good = lines_of(0, 9)
+    rig.append([*good[:5], b"not json\n", *good[5:]])
+    failing = _disk_full_for(monkeypatch, ".quarantine.jsonl")
+    (source,) = open_sources(config)
+    with source:
+        with pytest.raises(StateError, match="quarantine"):
+            source.run_pass()
+        assert rig.recorded() == good
+        rig.append(lines_of(9, 12))
+        report = source.run_pass()  # still failing: no import at all
+        assert report.error and "no import until" in report.error and len(rig.starts()) == 1
+        failing[0] = False
+        source.retry_at = 0.0
+        assert source.run_pass().caught_up
+    assert rig.recorded() == lines_of(0, 12)  # each line once
+    assert [q["line"] for q in rig.quarantined()] == ["not json"]  # once, and nothing torn
+    assert rig.stats()["quarantined"] == 1
+    assert rig.offset() == rig.log.stat().st_size
+
+
+def test_quarantine_entries_of_a_batch_never_committed_are_not_written_twice(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quarantine append succeeded, the state write did not, and the process died: the
+    next one reads the batch again (the crash window) and quarantines its bad line again, so
+    the entries past what the state file knows of are dropped first: one entry, not two."""
+    import matomo_rt.pipeline
+    from matomo_rt.tail import StateError
+
+    config = rig.write_config(batch_lines=100)
+    rig.append([*lines_of(0, 2), b"not json\n", *lines_of(2, 4)])
+    assert one_pass(config).caught_up
+    assert len(rig.quarantined()) == 1
+    rig.append([b"[1]\n", *lines_of(4, 6)])
+    real_save = matomo_rt.pipeline.save_state
+
+    def refused(*args: Any) -> None:
+        raise StateError("state.json: cannot write state: No space left on device")
+
+    monkeypatch.setattr(matomo_rt.pipeline, "save_state", refused)
+    with pytest.raises(StateError), open_sources(config)[0] as source:
+        source.run_pass()  # imported, quarantined "[1]", state refused; then the process dies
+    monkeypatch.setattr(matomo_rt.pipeline, "save_state", real_save)
+    assert one_pass(config).caught_up  # a new process: the batch again
+    assert [q["line"] for q in rig.quarantined()] == ["not json", "[1]"]
+    assert rig.stats()["quarantined"] == 2
+
+
+def test_an_oversized_line_is_quarantined_once_however_often_its_batch_is_retried(
+    rig: Rig,
+) -> None:
+    """Issue 9, item 3: a line past MAX_LINE_BYTES is skipped while reading; its entry (and
+    count) belongs to the commit of its batch, not to each reading of it."""
+    from matomo_rt.pipeline import MAX_LINE_BYTES
+
+    config = rig.write_config(batch_lines=100)
+    huge = b'{"ip": "' + b"x" * MAX_LINE_BYTES + b'"}\n'
+    rig.append([*lines_of(0, 3), huge, *lines_of(3, 5)])
+    rig.set_control(fail="unreachable")
+    (source,) = open_sources(config)
+    with source:
+        for _ in range(3):
+            source.retry_at = 0.0
+            assert source.run_pass().error is not None
+        assert rig.quarantined() == [] and rig.stats().get("quarantined", 0) == 0
+        rig.clear_control()
+        source.retry_at = 0.0
+        assert source.run_pass().caught_up
+    assert rig.recorded() == lines_of(0, 5)
+    [entry] = rig.quarantined()
+    assert entry["reason"].startswith(f"line of {len(huge)} bytes")
+    assert rig.stats()["quarantined"] == 1

@@ -67,8 +67,12 @@ def _advance(base: Position, role: str, gen: Generation, offset: int) -> Positio
     return base.with_current(moved)
 
 
-class Chunk(namedtuple("Chunk", "data span")):
-    """Complete lines (`data`: a view into the reader's buffer, valid until the next chunk)."""
+class Chunk(namedtuple("Chunk", "data span oversized", defaults=(None,))):
+    """Complete lines (`data`: a view into the reader's buffer, valid until the next chunk).
+
+    `oversized`: (head, length) of a line longer than the reader's limit that this chunk steps
+    over (its data is then empty); what to do with it is the caller's, with its commit.
+    """
 
     __slots__ = ()
 
@@ -80,6 +84,8 @@ class Batch:
         self.start = start
         self.end = end
         self.segments: list[tuple[bytes, Span]] = []
+        #: Lines skipped as oversized: (batch lines before it, its head, its length).
+        self.oversized: list[tuple[int, bytes, int]] = []
         self.lines = 0
         self.nbytes = 0
 
@@ -94,6 +100,11 @@ class Batch:
                 nl = data.index(b"\n", start) + 1
                 yield data[start:nl]
                 start = nl
+
+    def oversized_before(self, count: int) -> list[tuple[bytes, int]]:
+        """(head, length) of the oversized lines a commit of the first `count` lines passes
+        (`position_after_lines(count)` stops before one that follows line `count`)."""
+        return [(head, length) for before, head, length in self.oversized if before < count]
 
     def position_after_lines(self, count: int) -> Position:
         """The position after the first `count` lines of this batch (all of it if more)."""
@@ -138,16 +149,14 @@ class LogReader:
         other_logs: tuple[str, ...] = (),
         not_ours: tuple[str, ...] = (),
         max_line_bytes: Optional[int] = None,
-        on_oversized: Optional[Callable[[bytes, int], None]] = None,
     ) -> None:
         """`not_ours`: names beside the log (state, lock, offset files) that are never one of
         its generations, nor is anything whose name starts with one of them."""
         self.log_path = Path(log_path)
         self.start_at = start_at
         self.chunk_bytes = chunk_bytes
-        # Longer lines are skipped (head kept via on_oversized) instead of held in memory.
+        # Longer lines are skipped (head kept in the chunk) instead of held in memory.
         self.max_line_bytes = max_line_bytes
-        self._on_oversized = on_oversized
         # Names of other logs in this directory that start with this log's name
         # (access.log.json beside access.log): they and their rotations are not ours.
         others = (n for n in other_logs if n != self.log_path.name)
@@ -313,10 +322,15 @@ class LogReader:
                 if not complete and step.role == "live":
                     return  # its end is not written yet: the next pass reads it again
                 end = offset + length
-                self._oversized(step, offset, length, head)
+                self._warn(
+                    "oversized",
+                    f"{step.path}: a line of {length} bytes at byte {offset} is longer than"
+                    f" {self.max_line_bytes} bytes; skipped (its first {len(head)} bytes are"
+                    " kept)",
+                )
                 after = _advance(pos, step.role, gen, end)
                 span = Span(step.role, pos, gen, offset, end, 0, after)
-                yield Chunk(memoryview(b""), span)
+                yield Chunk(memoryview(b""), span, (head, length))
                 offset, pos = end, after
                 if not complete:
                     break
@@ -332,15 +346,6 @@ class LogReader:
         if len(buf) > self.chunk_bytes:
             del buf[self.chunk_bytes :]
 
-    def _oversized(self, step: Step, offset: int, length: int, head: bytes) -> None:
-        self._warn(
-            "oversized",
-            f"{step.path}: a line of {length} bytes at byte {offset} is longer than"
-            f" {self.max_line_bytes} bytes; skipped (its first {len(head)} bytes are kept)",
-        )
-        if self._on_oversized is not None:
-            self._on_oversized(head, length)
-
     def read_batch(self, start: Position, max_lines: int, max_bytes: int) -> Batch:
         """Up to `max_lines` complete lines / `max_bytes` bytes from `start`.
 
@@ -354,6 +359,8 @@ class LogReader:
             room_lines = max_lines - batch.lines
             room_bytes = max_bytes - batch.nbytes
             if n <= room_lines and len(data) <= room_bytes:
+                if chunk.oversized is not None:
+                    batch.oversized.append((batch.lines, *chunk.oversized))
                 batch.segments.append((data, chunk.span))
                 batch.lines += n
                 batch.nbytes += len(data)

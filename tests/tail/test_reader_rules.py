@@ -930,23 +930,37 @@ def test_a_line_longer_than_the_limit_is_skipped_with_bounded_memory(
         with (tmp_path / "access.log.1").open("ab") as fh:
             fh.write(b"{" + b"y" * (3 * 65536))  # an unterminated over-long last line
         log.write_bytes(lines(5, 1))
-    seen: list[tuple[bytes, int]] = []
     start = Position(True, None, ()) if rotated else Position()
-    reader = StoredReader(
-        log,
-        state,
-        start_at="beginning",
-        chunk_bytes=65536,
-        max_line_bytes=65536,
-        on_oversized=lambda head, length: seen.append((head, length)),
-    )
+    reader = StoredReader(log, state, start_at="beginning", chunk_bytes=65536, max_line_bytes=65536)
     buffers: list[int] = []
     got = []
+    seen: list[tuple[bytes, int]] = []
     for chunk in reader.read(start):
         buffers.append(len(chunk.data.obj))  # the buffer behind the view never grows
         got.append(bytes(chunk.data))
+        if chunk.oversized is not None:
+            assert chunk.data == b""
+            seen.append(chunk.oversized)
     assert b"".join(got) == lines(1, 4) + (lines(5, 1) if rotated else b"")
     assert [length for _, length in seen] == [len(huge)] + ([3 * 65536 + 1] if rotated else [])
     assert seen[0][0].startswith(b"{xxx") and len(seen[0][0]) <= 64 * 1024
     assert max(buffers) <= 65536
     assert [w.kind for w in reader.warnings].count("oversized") == len(seen)
+
+
+def test_a_batch_knows_which_oversized_lines_a_partial_commit_passes(
+    log: Path, state: Path
+) -> None:
+    """An oversized line is the caller's to quarantine with the commit that moves past it: a
+    commit of the lines before it stops before it, one more line includes it."""
+    huge = b"{" + b"x" * 200 + b"}\n"
+    append(log, lines(1, 2) + huge + lines(3, 2))
+    reader = StoredReader(log, state, start_at="beginning", chunk_bytes=64, max_line_bytes=64)
+    batch = reader.read_batch(100, 1 << 20)
+    assert batch.lines == 4 and [(b, n) for b, _, n in batch.oversized] == [(2, len(huge))]
+    assert batch.oversized_before(2) == [] and len(batch.oversized_before(3)) == 1
+    reader.commit(batch.position_after_lines(2))
+    again = StoredReader(log, state, start_at="beginning", chunk_bytes=64, max_line_bytes=64)
+    retry = again.read_batch(100, 1 << 20)
+    assert [(b, n) for b, _, n in retry.oversized] == [(0, len(huge))]
+    assert list(retry.iter_lines()) == [line_for(3), line_for(4)]
