@@ -163,6 +163,9 @@ class LogHealth:
     file: Optional[dict[str, Any]] = None
     retry_at: Optional[float] = None
     failures: int = 0
+    #: While the window says wrong format: what the log's recent lines look like, with the
+    #: fix (matomo_rt.detect's "what — fix"), found once when the share crossed the line.
+    detected: Optional[str] = None
 
     @classmethod
     def from_json(cls, raw: Any) -> LogHealth:
@@ -193,6 +196,7 @@ class LogHealth:
             file=file,
             retry_at=_num(raw.get("retry_at")),
             failures=_int(raw.get("failures")),
+            detected=raw["detected"] if isinstance(raw.get("detected"), str) else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -206,6 +210,7 @@ class LogHealth:
             "file": self.file,
             "retry_at": self.retry_at,
             "failures": self.failures,
+            "detected": self.detected,
         }
 
     def note_batch(
@@ -363,16 +368,21 @@ def judge_log(facts: LogFacts, now: float, settings: Settings = Settings()) -> V
         )
     lines = sum(r[1] for r in h.window)
     quarantined = sum(r[2] for r in h.window)
-    if lines >= MIN_WINDOW_LINES and quarantined / lines >= settings.wrong_format_share:
+    if wrong_format(h, settings):
         fix = "set the log's format (logs[].format) to the one the web server writes"
         if facts.log_format == "nginx_json":
             fix = f"use the log_format of {CONTRIB_LOG_FORMAT} in nginx, or {fix}"
+        looks = ""
+        if h.detected:
+            what, _, detected_fix = h.detected.partition(" — ")
+            looks = f": it {what}" if what.startswith("is ") else f": {what}"
+            fix = detected_fix or fix
         problems.append(
             Problem(
                 WRONG_FORMAT,
                 f"{path}: {quarantined:,.0f} of the last {lines:,.0f} lines quarantined or "
                 f"unparseable ({_share(quarantined, lines)}): the log is not in its format "
-                f"({facts.log_format})",
+                f"({facts.log_format}){looks}",
                 fix,
             )
         )
@@ -420,6 +430,13 @@ def judge_log(facts: LogFacts, now: float, settings: Settings = Settings()) -> V
     if stalled is not None and {p.kind for p in problems} <= {UNMATCHED_HOSTS}:
         problems.append(stalled)
     return Verdict(facts.name, tuple(problems))
+
+
+def wrong_format(h: LogHealth, settings: Settings) -> bool:
+    """Whether the recent window is mostly held back: the log is in another format."""
+    lines = sum(r[1] for r in h.window)
+    quarantined = sum(r[2] for r in h.window)
+    return lines >= MIN_WINDOW_LINES and quarantined / lines >= settings.wrong_format_share
 
 
 def _file_problem(facts: LogFacts, now: float) -> Optional[Problem]:

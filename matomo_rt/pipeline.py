@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from matomo_rt import execute, health, workers
+from matomo_rt import detect, execute, health, workers
 from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.guard import GuardResult, Quarantine, checker, guarded_chunks
 from matomo_rt.matomo import importer
@@ -235,6 +235,7 @@ class Source:
             pass_imported=self._pass_imported > 0,
         )
         self._pass_imported += imported
+        self._note_detection()
         stats["health"] = self.health.to_json()
         for key, value in updates.items():
             if key.startswith("add_"):
@@ -392,6 +393,21 @@ class Source:
         self.retry_at = self.clock() + delay
         self.health.failures, self.health.retry_at = self.consecutive_failures, self.retry_at
         self._save_health()
+
+    def _note_detection(self) -> None:
+        """Once the window says wrong format: look at the log's recent lines (matomo_rt.detect)
+        to name what they are and the fix; forgotten when the window is fine again."""
+        h = self.health
+        if not health.wrong_format(h, self.config.health):
+            h.detected = None
+            return
+        if h.detected is not None or self.log_config.format_regex:
+            return
+        try:
+            detection = detect.detect_file(self.log_config.path)
+        except OSError:
+            return  # the file problem is its own verdict
+        h.detected = detect.mismatch(self.log_config.format, detection) or ""
 
     def _save_health(self) -> None:
         """Persist a changed health fact (file problem, backoff) for `status` to see."""

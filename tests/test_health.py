@@ -47,6 +47,19 @@ def test_the_quarantined_share_of_the_window_names_a_wrong_format(
         assert "contrib/nginx/matomo-rt-log-format.conf" in problem.fix
 
 
+def test_what_the_lines_look_like_names_the_fix_when_known() -> None:
+    h = window(100, 100, 0)
+    h.detected = (
+        "is combined (nginx's default) (100 of the last 100 lines), not nginx_json"
+        ' — set format = "combined" for this log'
+    )
+    [problem] = judge_log(facts(health=h), NOW).problems
+    assert problem.message.endswith(
+        ": it is combined (nginx's default) (100 of the last 100 lines), not nginx_json"
+    )
+    assert problem.fix == 'set format = "combined" for this log'
+
+
 def test_too_few_lines_say_nothing_about_the_format() -> None:
     assert judge_log(facts(health=window(health.MIN_WINDOW_LINES - 1, 9)), NOW).healthy
 

@@ -155,14 +155,14 @@ def test_a_log_in_nginx_combined_format_is_named_wrong_format_with_the_fix(rig):
         " format (nginx_json)"
     )
     assert message in once.stderr
-    assert "use the log_format of contrib/nginx/matomo-rt-log-format.conf" in once.stderr
+    assert "the log_format of contrib/nginx/matomo-rt-log-format.conf" in once.stderr
+    assert "it is combined" in once.stderr and 'set format = "combined"' in once.stderr
 
     status = rig.run("status")
     assert status.returncode == 1, status.stdout
     assert message in status.stdout and "all fine" not in status.stdout
-    assert "what to do: use the log_format of contrib/nginx/matomo-rt-log-format.conf" in (
-        status.stdout
-    )
+    assert 'what to do: set format = "combined" for this log' in status.stdout
+    assert "the log_format of contrib/nginx/matomo-rt-log-format.conf" in status.stdout
 
     service = rig.start("-vv", "run")
     append(log, [COMBINED.format(s=n % 60, n=n).encode() for n in range(30, 40)])
@@ -194,6 +194,8 @@ def test_a_real_nginx_in_its_default_combined_format_is_named_wrong_format(rig):
         once = rig.run("import")
         assert once.returncode == 65, once.stderr
         assert "12 of the last 12 lines quarantined or unparseable (100%)" in once.stderr
+        assert "it is combined (nginx's default" in once.stderr
+        assert 'set format = "combined"' in once.stderr
         assert "contrib/nginx/matomo-rt-log-format.conf" in once.stderr
         status = rig.run("status")
         assert status.returncode == 1, status.stdout
