@@ -98,6 +98,13 @@ def test_no_pseudo_terminal_and_own_session() -> None:
     assert result.stdout.split(b"\n")[:2] == [b"False False False", b"True True"]
 
 
+def test_the_child_gets_default_signal_dispositions() -> None:
+    """sh ignores SIGHUP in background children, and an ignored signal stays ignored across
+    exec: the importer could not be stopped by a hang-up like any other process."""
+    code = "import signal; print(signal.getsignal(signal.SIGHUP) == signal.SIG_DFL)"
+    assert run(py(code), timeout=30).stdout.strip() == b"True"
+
+
 def test_environment_is_extended_not_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MRT_INHERITED", "from-parent")
     monkeypatch.setenv("MRT_OVERRIDDEN", "old")
