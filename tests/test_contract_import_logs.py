@@ -39,10 +39,16 @@ REAL = os.environ.get("MATOMO_RT_IMPORT_LOGS", "")
 DOUBLE = Path(__file__).parent / "doubles" / "import_logs.py"
 TOKEN = "fake-token"
 
-pytestmark = pytest.mark.skipif(
-    not (REAL and Path(REAL).is_file()),
-    reason="set MATOMO_RT_IMPORT_LOGS to a real import_logs.py to run the contract tests",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (REAL and Path(REAL).is_file()),
+        reason="set MATOMO_RT_IMPORT_LOGS to a real import_logs.py to run the contract tests",
+    ),
+    # The module fixture runs every scenario on both sides: once, on one xdist worker.
+    pytest.mark.xdist_group("contract"),
+]
+#: Scenarios run side by side, but not all at once: 160 interpreters on 2 cores outlast DEADLINE.
+PARALLEL_RUNS = 8
 
 
 def line(host: str = "example.com", **fields: Any) -> str:
@@ -618,7 +624,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Outcom
     """Run every scenario on both sides at once."""
     workdir = tmp_path_factory.mktemp("contract")
     ordered = sorted(SCENARIOS, key=lambda sc: not sc.hangs)  # the slowest start first
-    with ThreadPoolExecutor(max_workers=2 * len(SCENARIOS)) as pool:
+    with ThreadPoolExecutor(max_workers=PARALLEL_RUNS) as pool:
         real = {sc.name: pool.submit(run_real, sc) for sc in ordered}
         double = {sc.name: pool.submit(run_double, sc, workdir) for sc in ordered}
         return {name: (real[name].result(), double[name].result()) for name in real}
