@@ -140,7 +140,15 @@ def unpack(source: Path, dest: Path) -> Path:
         inner = source / "matomo" if (source / "matomo" / "index.php").exists() else source
         if not (inner / "index.php").exists():
             raise Missing(f"{source} holds no Matomo (no index.php)")
-        ignore = shutil.ignore_patterns("config.ini.php", "tmp")
+
+        def ignore(directory: str, names: list[str]) -> set[str]:
+            """Not the original's install: its config and its tmp/ (caches, sessions)."""
+            if Path(directory) == inner:
+                return {"tmp"} & set(names)
+            if Path(directory) == inner / "config":
+                return {"config.ini.php"} & set(names)
+            return set()
+
         shutil.copytree(inner, target, symlinks=True, ignore=ignore)
     elif zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as z:
