@@ -706,3 +706,31 @@ def test_matomo_tmp_is_checked_only_when_archiving(
     assert "Matomo's tmp/" in failure and "no such directory" in failure
     code, text = check(make_config(env, matomo.url, "\n[archive]\nenabled = false\n"))
     assert code == 0, text
+
+
+def test_hosts_are_sampled_in_the_logs_format(env: dict[str, Path], matomo: CheckMatomo) -> None:
+    """vhost_combined names the host before the client, Caddy inside "request": both sampled."""
+    vhost = env["tmp"] / "vhost.log"
+    vhost.write_text(
+        'example.com:443 192.0.2.9 - - [27/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 5 '
+        '"-" "curl"\n'
+        'shop.example:80 192.0.2.9 - - [27/Nov/2026:10:00:01 +0000] "GET / HTTP/1.1" 200 5 '
+        '"-" "curl"\n'
+    )
+    caddy = env["tmp"] / "caddy"
+    request = {"client_ip": "192.0.2.9", "host": "example.com", "uri": "/", "headers": {}}
+    caddy.write_text(
+        json.dumps({"ts": 1.5, "request": request, "user_id": "", "resp_headers": {}}) + "\n"
+    )
+    extra = (
+        f'\n[[logs]]\nname = "vhost"\npath = "{vhost}"\nformat = "vhost_combined"\n'
+        f'\n[[logs]]\nname = "caddy"\npath = "{caddy}"\nformat = "caddy_json"\n'
+    )
+    code, text = check(make_config(env, matomo.url, extra))
+    assert "[ok] log caddy: all 1 sampled hosts map to a Matomo site" in text
+    [warning] = [line for line in text.splitlines() if "log vhost:" in line and "site" in line]
+    assert warning.startswith("[warn] log vhost: 1 of 2 sampled hosts match no Matomo site")
+    assert "sampled hosts match no Matomo site: shop.example; their requests are skipped" in warning
+    assert code == 0, text
+    looked_up = [c["params"]["url"] for c in matomo.calls() if c.get("method", "").endswith("Url")]
+    assert sorted(looked_up) == ["example.com", "example.com", "example.com", "shop.example"]
