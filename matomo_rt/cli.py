@@ -249,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     ini = sub.add_parser(
         "init",
         help="write a first, commented configuration file; never overwrites one",
-        description="Write a commented configuration to -c FILE (default: $MATOMO_RT_CONFIG or "
-        "/etc/matomo-rt/config.toml) from these options: import_logs.py is looked for under "
+        description="Write a commented configuration to the file given before the command "
+        "(`matomo-rt -c FILE init …`; default: $MATOMO_RT_CONFIG or /etc/matomo-rt/config.toml) "
+        "from these options: import_logs.py is looked for under "
         "--path (misc/log-analytics/import_logs.py; if it is missing, init says where to get "
         "it), and each --log's format is detected from its last lines and written (a format "
         "without a host per line also needs --idsite). The token itself is never written, "
