@@ -271,7 +271,9 @@ def test_failing_stdin_source_stops_the_child_before_eof(tmp_path: Path) -> None
     pidfile, eof_marker = tmp_path / "pid", tmp_path / "eof"
     code = """
         import os, sys
-        open(sys.argv[1], "w").write(str(os.getpid()))
+        # Written whole, then renamed: the parent may stop us the moment the name exists.
+        open(sys.argv[1] + ".tmp", "w").write(str(os.getpid()))
+        os.rename(sys.argv[1] + ".tmp", sys.argv[1])
         sys.stdin.buffer.read()
         open(sys.argv[2], "w").write("saw EOF: would import a truncated batch")
     """
