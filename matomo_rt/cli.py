@@ -94,6 +94,15 @@ def _cmd_seek(args: argparse.Namespace) -> int:
     return run_seek(_load_config(args), args.log, args.to)
 
 
+def _cmd_import_files(args: argparse.Namespace) -> int:
+    from matomo_rt.history import run_import_files
+
+    config = _load_config(args)
+    return run_import_files(
+        config, [Path(p) for p in args.files], format_name=args.format, idsite=args.idsite
+    )
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from matomo_rt import status
 
@@ -226,6 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     seek.add_argument("--log", required=True, metavar="NAME", help="the log's name")
     seek.add_argument("--to", required=True, metavar="start|end|BYTES", help="the new position")
     seek.set_defaults(func=_cmd_seek)
+
+    hist = sub.add_parser(
+        "import-files",
+        help="import closed log files (history: plain, .gz, .bz2, .xz) once each",
+        description="Import each FILE once, oldest first, with the same commit protocol as "
+        "the live logs: resumable at batch granularity after a crash or Ctrl-C (run the same "
+        "command again), a progress bar with ETA on a terminal, a closing table per file. A "
+        "file is known by its content, so a renamed or compressed file is not imported twice "
+        "('already imported'); files a configured log reads itself are refused with the "
+        "reason. Format, site and flags: --format/--idsite, else those of the configured log "
+        "the file was rotated from, else nginx_json. Exit codes: 0 every file imported (now "
+        "or before), 1 a file failed or was refused, 66 a file is missing or unreadable, 75 "
+        "another matomo-rt imports the same file, 78 invalid configuration.",
+    )
+    hist.add_argument("files", nargs="+", metavar="FILE", help="closed log files")
+    hist.add_argument("--format", metavar="F", help="their format (as logs[].format)")
+    hist.add_argument("--idsite", type=int, metavar="N", help="record them all in site N")
+    hist.set_defaults(func=_cmd_import_files)
 
     stat = sub.add_parser(
         "status",

@@ -27,7 +27,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/matomo-rt/config.toml")
 CONFIG_ENV = "MATOMO_RT_CONFIG"
 TOKEN_ENV = "MATOMO_TOKEN_AUTH"
 
-START_AT_CHOICES = ("beginning", "end")
+START_AT_CHOICES = ("beginning", "end", "oldest")
 ON_UNCERTAIN_CHOICES = ("resend", "skip")
 DEFAULT_IMPORT_FLAGS = ("--enable-http-errors", "--enable-http-redirects")
 #: Where import_logs.py comes from, for a Matomo installed without it.
@@ -649,7 +649,7 @@ def load_token(matomo: MatomoConfig, source: Optional[Path] = None) -> Optional[
     return token
 
 
-def import_problems(config: Config) -> list[str]:
+def import_problems(config: Config, need_logs: bool = True) -> list[str]:
     """What `import` and `run` need beyond a valid file: a URL, an importer, some logs."""
     name = config.source.name
     problems = []
@@ -667,6 +667,6 @@ def import_problems(config: Config) -> list[str]:
                 "set matomo.import_logs to the script's path"
             )
         problems.append(f"{where} — {IMPORT_LOGS_SOURCE}")
-    if not config.logs:
+    if need_logs and not config.logs:
         problems.append(f"{name}: logs: no [[logs]] entry (which log files to import)")
     return problems

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from matomo_rt import detect, execute, health, workers
+from matomo_rt import detect, execute, health, ledger, workers
 from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.guard import GuardResult, Quarantine, checker, guarded_chunks
 from matomo_rt.matomo import importer
@@ -72,6 +72,21 @@ def state_paths(config: Config, log_config: LogConfig) -> tuple[Path, Path, Path
         base.with_name(base.name + ".lock"),
         base.with_name(base.name + ".quarantine.jsonl"),
     )
+
+
+def _unread(document: dict[str, Any], position: Position, before: Position) -> list[dict[str, Any]]:
+    """The generations `position` counts as read without reading them (those `before` did
+    not know: it read them, or some of them), added to those already listed."""
+    known = document.get(ledger.UNREAD_HISTORY)
+    listed = list(known) if isinstance(known, list) else []
+    seen = [*before.finished, *([before.current] if before.current else [])]
+    for gen in position.finished:
+        fp = gen.fp.to_json()
+        if fp not in listed and not any(
+            old.fp == gen.fp or old.same_file(gen.dev, gen.ino) for old in seen
+        ):
+            listed.append(fp)
+    return listed
 
 
 def auth_key(url: Optional[str], token: Optional[str]) -> str:
@@ -139,6 +154,7 @@ class Source:
                 ),
                 not_ours=(self.state_path.name, self.lock_path.name, self.quarantine.path.name),
                 max_line_bytes=MAX_LINE_BYTES,
+                imported=ledger.imported_head(self.config.state.dir),
             )
             self.quarantine_bytes = self._committed_quarantine()
         except BaseException:
@@ -174,7 +190,8 @@ class Source:
         """
         assert self.reader is not None, "open() the source first"
         position = self.reader.seek_position(to)
-        self._commit(position)
+        unread = _unread(self.document, position, self.position)
+        self._commit(position, document={ledger.UNREAD_HISTORY: unread})
         return position
 
     def close(self) -> None:
@@ -221,6 +238,14 @@ class Source:
         again from this process; the next pass writes them before it imports anything.
         """
         extra = {**(document or {})}
+        if (
+            position.initialized
+            and not self.position.initialized
+            and self.config.start_at(self.log_config) != "oldest"
+        ):
+            # The first run leaves the generations beside the log unread: `import-files` may
+            # import them, and must know them from those this log reads itself.
+            extra.setdefault(ledger.UNREAD_HISTORY, _unread(self.document, position, self.position))
         stats = self.stats
         hosts = updates.pop("unmatched_hosts", ())
         imported = int(updates.get("add_imported", 0))

@@ -148,7 +148,12 @@ def siblings(log_path: Path, exclude: tuple[str, ...]) -> list[Candidate]:
 
 
 def plan(
-    log_path: Path, pos: Position, start_at: str, exclude: tuple[str, ...], warn: Warn
+    log_path: Path,
+    pos: Position,
+    start_at: str,
+    exclude: tuple[str, ...],
+    warn: Warn,
+    imported: Optional[Callable[[bytes], bool]] = None,
 ) -> tuple[list[Step], Position]:
     """The files to read, oldest first, and the position once planning is recorded.
 
@@ -159,6 +164,8 @@ def plan(
         try:
             live = stat_live(log_path)
             cands = siblings(log_path, exclude)
+            if not pos.initialized and start_at == "oldest":
+                return _Plan(live, cands, warn).build(oldest(cands, imported))
             if not pos.initialized:
                 return first_run(live, cands, 0 if start_at == "beginning" else None)
             return _Plan(live, cands, warn).build(pos)
@@ -166,6 +173,25 @@ def plan(
             continue
     log.debug("%s: files kept moving while planning; next pass", log_path)
     return [], pos
+
+
+def oldest(cands: list[Candidate], imported: Optional[Callable[[bytes], bool]] = None) -> Position:
+    """Before the oldest generation: every file beside the log is read, oldest first, then the
+    live file, as generations rotated since a pass are; except files `import-files` imported
+    (`imported` is true for their head), which count as read."""
+    done = tuple(
+        Generation(
+            c.dev,
+            c.ino,
+            Fingerprint.of(c.head()),
+            c.size if c.compression is None else None,
+            c.name,
+            c.compression,
+        )
+        for c in cands
+        if c.head() and imported is not None and imported(c.head())
+    )
+    return Position(True, None, done)
 
 
 def first_run(

@@ -149,9 +149,12 @@ class LogReader:
         other_logs: tuple[str, ...] = (),
         not_ours: tuple[str, ...] = (),
         max_line_bytes: Optional[int] = None,
+        imported: Optional[Callable[[bytes], bool]] = None,
     ) -> None:
         """`not_ours`: names beside the log (state, lock, offset files) that are never one of
-        its generations, nor is anything whose name starts with one of them."""
+        its generations, nor is anything whose name starts with one of them. `imported`: true
+        for the head of a file `import-files` imported, which start_at = "oldest" leaves out."""
+        self.imported = imported
         self.log_path = Path(log_path)
         self.start_at = start_at
         self.chunk_bytes = chunk_bytes
@@ -173,13 +176,24 @@ class LogReader:
 
     def plan(self, position: Position) -> tuple[list[Step], Position]:
         """The files to read from `position`, oldest first, and the position once planned."""
-        return planning.plan(self.log_path, position, self.start_at, self._exclude, self._warn)
+        return planning.plan(
+            self.log_path, position, self.start_at, self._exclude, self._warn, self.imported
+        )
 
     def seek_position(self, to: str) -> Position:
-        """A fresh position at "start", "end" or a byte offset of the live file.
+        """A fresh position at "oldest" (every generation beside the log, then the live file),
+        "start", "end" or a byte offset of the live file.
 
-        Everything beside the log counts as already read, as on a first run.
+        Except for "oldest", everything beside the log counts as already read, as on a first run.
         """
+        if to == "oldest":
+            for _ in range(planning.PLAN_ATTEMPTS):
+                try:
+                    cands = planning.siblings(self.log_path, self._exclude)
+                    return planning.oldest(cands, self.imported)
+                except Replan:
+                    continue
+            raise ReaderError(f"{self.log_path}: files kept moving (a rotation?); try again")
         live = planning.stat_live(self.log_path)
         if live is None:
             raise ReaderError(f"{self.log_path}: no such file")
@@ -194,7 +208,7 @@ class LogReader:
             if start and not planning.resume_ok(live, start):
                 raise ValueError(f"byte {start} is not the start of a line")
         else:
-            raise ValueError("use start, end or a byte offset")
+            raise ValueError("use oldest, start, end or a byte offset")
         for _ in range(planning.PLAN_ATTEMPTS):
             try:
                 _, pos = planning.first_run(
