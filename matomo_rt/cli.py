@@ -95,7 +95,7 @@ def _cmd_seek(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_files(args: argparse.Namespace) -> int:
-    from matomo_rt.history import run_import_files
+    from matomo_rt.import_files import run_import_files
 
     config = _load_config(args)
     return run_import_files(
@@ -226,14 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     seek = sub.add_parser(
         "seek",
-        help="move a log's position: start, end, or a byte offset",
-        description="Set where the next import of a log starts: 'start' (its live file from "
-        "the first line), 'end' (after its last complete line) or a byte offset that starts "
-        "a line. Rotated files beside it count as read. Refused while another matomo-rt works "
+        help="move a log's position: oldest, start, end, or a byte offset",
+        description="Set where the next import of a log starts: 'oldest' (every rotated "
+        "generation beside it, compressed ones included, oldest first, then the live file; "
+        "what `import-files` imported is left out, what this log read before is read again), "
+        "'start' (its live file from the first line), 'end' (after its last complete line) or "
+        "a byte offset that starts a line. Except with 'oldest', rotated files beside it count "
+        "as read. Refused while another matomo-rt works "
         "on the log (exit 75). Use it after a corrupt state file was moved aside.",
     )
     seek.add_argument("--log", required=True, metavar="NAME", help="the log's name")
-    seek.add_argument("--to", required=True, metavar="start|end|BYTES", help="the new position")
+    seek.add_argument(
+        "--to", required=True, metavar="oldest|start|end|BYTES", help="the new position"
+    )
     seek.set_defaults(func=_cmd_seek)
 
     hist = sub.add_parser(

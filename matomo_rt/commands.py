@@ -152,12 +152,19 @@ def run_seek(config: Config, name: str, to: str) -> int:
             log.error("seek --to %s: %s", to, exc)
             return 2
         current = position.current
-        log.info(
-            "%s: next import starts at byte %s of %s",
-            name,
-            current.offset if current else 0,
-            config.log(name).path,
-        )
+        if to == "oldest":
+            log.info(
+                "%s: next import starts at the oldest generation beside %s, then the live file",
+                name,
+                config.log(name).path,
+            )
+        else:
+            log.info(
+                "%s: next import starts at byte %s of %s",
+                name,
+                current.offset if current else 0,
+                config.log(name).path,
+            )
     finally:
         source.close()
     return EXIT_OK

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from matomo_rt.config import ConfigError, load
-from matomo_rt.history import FileReader, run_import_files, survey, time_order
+from matomo_rt.history import FileReader, survey, time_order
+from matomo_rt.import_files import run_import_files
 from matomo_rt.pipeline import MAX_LINE_BYTES, Source
 from matomo_rt.tail.position import Position
 from tests.test_pipeline import DOUBLE, TOKEN, log_line
