@@ -386,3 +386,31 @@ def test_seek_to_oldest_reads_the_history_again(rig: Rig) -> None:
         source.seek("oldest")
     _open_pass(config)
     assert rig.recorded() == expected
+
+
+def test_ctrl_c_stops_after_the_running_batch_and_the_next_run_resumes(rig: Rig) -> None:
+    """SIGINT: the batch in flight finishes and is committed; nothing is sent twice."""
+    import signal
+    import time
+
+    config = rig.config(batch_lines=20)
+    data = lines("a", 400)
+    f = write(rig.logs / "big.log.gz", b"".join(data))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    argv = [sys.executable, "-m", "matomo_rt", "-c", str(config.source), "import-files", str(f)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    calls = rig.tmp / "calls"
+    deadline = time.monotonic() + 30
+    while not (calls.exists() and calls.read_text().count('"event": "start"') >= 2):
+        assert time.monotonic() < deadline and proc.poll() is None, "no importer run started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert b"stopped (resumes where it stopped)" in out
+    assert b"stopping after the running batch" in err
+    stopped_at = len(rig.recorded())
+    assert 0 < stopped_at < len(data)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert rig.recorded() == data  # each line once, in order
