@@ -63,7 +63,12 @@ def imported_head(state_dir: Path) -> Callable[[bytes], bool]:
 
 
 def live_claim(config: Config, f: Content) -> Optional[str]:
-    """Why a configured log reads (or has read) `f` itself, or None when history may import it."""
+    """Why a configured log reads (or has read) `f` itself, or None when history may import it.
+
+    A file `import-files` has started is history's: live logs leave it alone from then on.
+    """
+    if (config.state.dir / f"{state_name(f.head, f.length)}.state.json").exists():
+        return None
     for log_config in config.logs:
         reason = _claim_of(config, log_config, f)
         if reason:

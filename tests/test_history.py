@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -414,3 +415,21 @@ def test_ctrl_c_stops_after_the_running_batch_and_the_next_run_resumes(rig: Rig)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert rig.recorded() == data  # each line once, in order
+
+
+def test_a_file_history_started_stays_history_s_under_start_at_oldest(rig: Rig) -> None:
+    """import-files interrupted, then a log with start_at = oldest: the log leaves the file
+    alone, and the next import-files run finishes it."""
+    live, expected = _generations(rig)
+    two = lines("two", 23)
+    control = rig.tmp / "control.json"
+    control.write_text('{"fail": {"fatal_after_lines": 7}}')
+    small = 'flags = ["--recorder-max-payload-size=2"]\n'
+    code, _ = rig.run(rig.config(flags=small), rig.logs / "access.log.2.gz")
+    assert code == 1 and rig.recorded() == two[:6]
+    control.unlink()
+    config = rig.config(LIVE.format(path=live, start_at="oldest"), flags=small)
+    _open_pass(config)
+    code, table = rig.run(config, rig.logs / "access.log.2.gz")
+    assert code == 0, table
+    assert Counter(rig.recorded()) == Counter(expected)
