@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from matomo_rt import ledger
 from matomo_rt.pipeline import MAX_LINE_BYTES
@@ -25,6 +25,7 @@ from matomo_rt.tail.position import Generation, Position
 from matomo_rt.tail.reader import Batch, Span
 
 READ_BYTES = 1 << 20
+OVERSIZED_HEAD = 64 * 1024  # what is kept of a line longer than MAX_LINE_BYTES
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,8 @@ class FileReader:
     per batch. A last line without a newline is complete (the file is closed) and gets one.
     """
 
-    def __init__(
-        self, f: HistoryFile, on_oversized: Optional[Callable[[bytes, int], None]] = None
-    ) -> None:
+    def __init__(self, f: HistoryFile) -> None:
         self.file = f
-        self.on_oversized = on_oversized
         self._fh: Any = None
         self._next = -1  # file offset of `_pending`'s first byte
         self._pending = b""
@@ -153,7 +151,7 @@ class FileReader:
                 if len(data) - cut > MAX_LINE_BYTES:
                     if lines:
                         break  # the long line starts the next batch
-                    length, data = self._skip_line(data)
+                    length, data = self._skip_line(data, batch)
                     skipped += length
                     continue
                 more = self._read()
@@ -169,8 +167,7 @@ class FileReader:
             if nl + 1 - cut > MAX_LINE_BYTES:  # no web server writes such a line
                 if lines:
                     break  # the long line starts the next batch
-                if self.on_oversized:
-                    self.on_oversized(data[: 64 * 1024], nl + 1)
+                batch.oversized.append((0, data[:OVERSIZED_HEAD], nl + 1))
                 skipped += nl + 1
                 data = data[nl + 1 :]
                 continue
@@ -192,20 +189,15 @@ class FileReader:
         batch.end = after
         return batch
 
-    def _skip_line(self, head: bytes) -> tuple[int, bytes]:
-        """Drop an over-long line (its head goes to quarantine); its length and what follows."""
+    def _skip_line(self, head: bytes, batch: Batch) -> tuple[int, bytes]:
+        """Read past an over-long line (its head is quarantined with the batch's commit);
+        its length and the bytes after it."""
         length = len(head)
-        kept = head[: 64 * 1024]
         while True:
             more = self._read()
-            if not more:
-                if self.on_oversized:
-                    self.on_oversized(kept, length)
-                return length, b""
             nl = more.find(b"\n")
-            if nl >= 0:
-                length += nl + 1
-                if self.on_oversized:
-                    self.on_oversized(kept, length)
-                return length, more[nl + 1 :]
+            if not more or nl >= 0:
+                length += nl + 1 if more else 0
+                batch.oversized.append((0, head[:OVERSIZED_HEAD], length))
+                return length, more[nl + 1 :] if more else b""
             length += len(more)

@@ -60,7 +60,6 @@ class HistorySource(Source):
     ) -> None:
         super().__init__(config, log_config, token)
         self.file = f
-        self.quarantine.path = config.state.dir / "history.quarantine.jsonl"
         self._counts: dict[str, int] = {}
 
     def open(self) -> HistorySource:
@@ -75,7 +74,8 @@ class HistorySource(Source):
                 gen = self.file.generation
                 position = position.with_current(gen._replace(offset=position.current.offset))
             self.position = position
-            self.reader = FileReader(self.file, self._quarantine_oversized)  # type: ignore[assignment]
+            self.reader = FileReader(self.file)  # type: ignore[assignment]
+            self.quarantine_bytes = self._committed_quarantine()
         except BaseException:
             self.lock.release()
             raise

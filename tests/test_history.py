@@ -140,18 +140,19 @@ def test_file_reader_batches_resume_and_end_an_unterminated_line(
 
 def test_file_reader_skips_an_oversized_line_keeping_its_head(tmp_path: Path) -> None:
     long = b"x" * (MAX_LINE_BYTES + 5) + b"\n"
-    data = lines("a", 1)[0] + long + lines("a", 3)[2]
+    data = lines("a", 1)[0] + long + lines("a", 3)[2] + b"y" * (MAX_LINE_BYTES + 3)
     f = survey(write(tmp_path / "x.log", data))
-    held: list[tuple[bytes, int]] = []
-    reader = FileReader(f, lambda head, n: held.append((head[:3], n)))
+    reader = FileReader(f)
     position = Position().with_current(f.generation)
     out: list[bytes] = []
+    held: list[tuple[bytes, int]] = []
     while (position.current.offset or 0) < f.length:
         batch = reader.read_batch(position, 10, 1 << 20)
         out += list(batch.iter_lines())
+        held += [(head[:3], n) for _, head, n in batch.oversized]
         position = batch.end
     assert out == [lines("a", 1)[0], lines("a", 3)[2]]
-    assert held == [(b"xxx", len(long))]
+    assert held == [(b"xxx", len(long)), (b"yyy", MAX_LINE_BYTES + 3)]
 
 
 # -- the command ----------------------------------------------------------------------------------
