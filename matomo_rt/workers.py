@@ -248,6 +248,7 @@ def _run_partitions(
     """Run the pending partitions (side by side) and commit each outcome as it arrives."""
     k = state.workers
     waves = [pending[:1], pending[1:]] if _cautious(source) and len(pending) > 1 else [pending]
+    unsaved: Optional[StateError] = None
     for wave in waves:
         if not wave:
             continue
@@ -259,7 +260,14 @@ def _run_partitions(
             for future in as_completed(futures):
                 p = futures[future]
                 result = future.result()
-                _record_run(source, state, p, result, tally, report, f"worker {p + 1}/{k}")
+                try:
+                    _record_run(source, state, p, result, tally, report, f"worker {p + 1}/{k}")
+                except StateError as exc:
+                    # The disk refused: the Source keeps it in memory and writes it before
+                    # importing anything more; record the runs still ending the same way.
+                    unsaved = unsaved or exc
+        if unsaved is not None:
+            raise unsaved
         if tally.outcome != importer.SUCCESS:
             return  # the cautious first run failed: the others wait for the next pass
 

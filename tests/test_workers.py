@@ -18,6 +18,7 @@ import pytest
 
 from matomo_rt.matomo import importer
 from matomo_rt.partition import json_ip, split
+from matomo_rt.pipeline import open_sources
 from matomo_rt.store import StateError
 from tests.test_pipeline import Rig, lines_of, make_rig, one_pass
 
@@ -312,3 +313,38 @@ def test_status_and_metrics_show_worker_outcomes_and_the_open_batch(rig: Rig) ->
     assert entry["worker_runs"] == {"success": 2, "partial": 1}
     metrics = exposition(config, ("web",))
     assert log_sample(metrics, "matomo_rt_open_batch_pending_requests", "web") == 0
+
+
+def test_outcomes_the_disk_refused_are_kept_and_never_sent_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state write fails (disk full) as the first worker ends: the other worker's outcome
+    is still taken into memory, nothing more is imported until it is saved, nothing twice."""
+    import matomo_rt.pipeline
+
+    config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
+    data = lines_of(0, 20)
+    rig.append(data)
+    parts = partitions(data, 2)
+    rig.set_control(fatal_at_path=path_of(parts[1][4]))  # the batch stays open
+    real_save = matomo_rt.pipeline.save_state
+    failing = [True]
+
+    def save_state(*args: Any) -> None:
+        if failing[0]:
+            raise StateError("state.json: cannot write state: No space left on device")
+        real_save(*args)
+
+    monkeypatch.setattr(matomo_rt.pipeline, "save_state", save_state)
+    (source,) = open_sources(config)
+    with source:
+        with pytest.raises(StateError):
+            source.run_pass()
+        assert len(rig.starts()) == 2
+        report = source.run_pass()  # still failing: no import at all
+        assert report.error and "no import until" in report.error and len(rig.starts()) == 2
+        failing[0] = False
+        rig.clear_control()
+        assert source.run_pass().caught_up
+    assert tally(data, rig.recorded()) == (0, 0)
+    assert len(rig.starts()) == 3  # the failed worker's rest only
