@@ -127,7 +127,7 @@ def test_one_worker_fails_with_skip_and_the_retry_sends_only_its_rest(rig: Rig, 
     assert rig.stats()["lines_read"] == len(data)
 
 
-@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("k", [1, 2, 4])
 @pytest.mark.parametrize("policy", ["resend", "skip"])
 def test_one_worker_hangs_until_its_timeout(rig: Rig, k: int, policy: str) -> None:
     config = rig.write_config(
