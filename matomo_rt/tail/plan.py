@@ -384,14 +384,22 @@ class _Plan:
         """Everything else beside the log with unknown content, oldest first: generations
         rotated since. Each one's head becomes known before the next file and the live file
         are looked at: a copy (copytruncate's, before its truncate) or a compressed twin
-        being written beside its source holds the same lines and must not be read twice."""
+        being written beside its source holds the same lines and must not be read twice.
+
+        When the position is already in the live file, such a file is older than it (renamed
+        while still empty, written to before nginx reopened): its lines are late lines of a
+        finished generation, and reading them must not move the position out of the live file.
+        (Not a compressed one: a finished compressed generation is never read again, so one
+        read only in part would lose its rest.)
+        """
         for c in sorted(self.unclaimed(), key=_age_key):
             head = c.head()
             if not head or self.knows(head):
                 continue
             gen = Generation(c.dev, c.ino, Fingerprint.of(head), 0, c.name, c.compression)
             self.account(c, gen.fp)
-            self.steps.append(Step("rotated", gen, c.path))
+            late = self.live_step is not None and c.compression is None
+            self.steps.append(Step("finished" if late else "rotated", gen, c.path))
 
     def live_from_start(self) -> None:
         """A live file we are not in yet, unless its content is already accounted for."""

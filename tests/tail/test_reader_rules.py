@@ -348,6 +348,35 @@ def test_lines_written_to_a_renamed_file_before_reopen_are_read(log: Path, state
     assert got == b"".join(sim.expected)
 
 
+def test_late_lines_in_a_renamed_file_that_was_empty_keep_the_live_position(
+    log: Path, state: Path
+) -> None:
+    """Rule 3 (found by the property test): a generation renamed while empty is nothing to
+    remember; the reader moves on into the new live file (the generation it was in is gone).
+    When nginx then writes to the renamed file before it reopens, those lines are late lines
+    of an older generation: the position in the live file stays, its lines are not read
+    again."""
+    sim = LogSim(log.parent)
+    clock = Clock()
+    got = take(log, state)  # the first pass: an empty log
+    sim.rotate_rename(".gz", delay=False)  # the generation we were in is gone (compressed)
+    sim.rotate_rename()  # and the next one renamed while still empty
+    clock.touch(log.with_name("access.log.1"))
+    sim.append(2)
+    clock.touch(sim.live)
+    reader = reader_for(log, state)
+    batch = reader.read_batch(1, 1 << 20)  # one line of the live file
+    reader.commit(batch.end)
+    got += b"".join(batch.chunks())
+    sim.append_to(log.with_name("access.log.1"), 1)  # before nginx reopened
+    reader = reader_for(log, state)
+    batch = reader.read_batch(1, 1 << 20)  # the late line, and the batch is full
+    reader.commit(batch.end)
+    got += b"".join(batch.chunks())
+    got += take(log, state)
+    assert sorted(got.splitlines(keepends=True)) == sorted(sim.expected)
+
+
 # -- rule 4: compressed before we got to it -------------------------------------------------
 
 
