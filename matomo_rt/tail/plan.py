@@ -247,9 +247,12 @@ class _Plan:
         return (c for c in self.cands if (c.dev, c.ino) not in self.claimed)
 
     def account(self, cand: Candidate, fp: Fingerprint) -> None:
-        """`cand` is planned (or known read) as the content starting like `fp`."""
+        """`cand` is planned (or known read) as the content starting like `fp`; a file that
+        starts as it does now (a copy of it) is no news either."""
         self.claimed.add((cand.dev, cand.ino))
         self.known.add(fp)
+        if cand.head():
+            self.known.add(Fingerprint.of(cand.head()))
 
     def knows(self, head: bytes) -> bool:
         return any(fp.matches(head) for fp in self.known)
