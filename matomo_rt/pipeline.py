@@ -30,6 +30,8 @@ from matomo_rt.tail.position import Position, lag_bytes, stored_position
 log = logging.getLogger(__name__)
 
 AUTH_PAUSE_SECONDS = health.AUTH_PAUSE_SECONDS
+#: State key present while a batch is with import_logs.py (see Source._mark_in_flight).
+IN_FLIGHT = "in_flight"
 MAX_BACKOFF_SECONDS = 900.0
 QUIET_SUCCESS_SECONDS = 60.0
 #: A pass's outcome when the live file cannot be read (see PassReport.file_problem).
@@ -161,7 +163,55 @@ class Source:
             self.lock.release()
             raise
         self.health = health.LogHealth.from_json(self.stats.get("health"))
+        if IN_FLIGHT in self.document and not self.dry_run:
+            self._count_dead_batch(self.document[IN_FLIGHT])
         return self
+
+    def _count_dead_batch(self, flight: Any) -> None:
+        """A batch was with import_logs.py when the process that sent it died (SIGKILL, a
+        crash, a power cut): part of it may be in Matomo. Count it, say so, apply on_uncertain."""
+        lines = flight.get("lines") if isinstance(flight, dict) else None
+        skip = self.config.import_.on_uncertain == "skip"
+        end = self.position
+        if skip:
+            try:
+                end = Position.from_json(flight["end"])
+            except (KeyError, TypeError, ValueError, AttributeError):
+                skip = False  # no usable end: resending loses nothing
+        log.warning(
+            "%s: matomo-rt stopped while import_logs.py had a batch of %s lines; requests of it"
+            " may be in Matomo already. on_uncertain = %s: %s",
+            self.name,
+            lines if isinstance(lines, int) else "?",
+            self.config.import_.on_uncertain,
+            "moving past it, some of its lines may be missing"
+            if skip
+            else "sending it again, some of its requests may be counted twice",
+        )
+        stats = self.stats
+        stats["uncertain_batches"] = _count(stats.get("uncertain_batches")) + 1
+        document = {k: v for k, v in self.document.items() if k != IN_FLIGHT}
+        self.position = end
+        self._save(end, {**document, "stats": stats})
+
+    def _mark_in_flight(self, batch: Batch) -> None:
+        """Record that `batch` goes to import_logs.py now, so that a process killed before its
+        outcome is committed leaves a trace the next start counts (an uncertain batch)."""
+        if self.dry_run:
+            return
+        flight = {"since": self.clock(), "lines": batch.lines, "end": batch.end.to_json()}
+        self._save(self.position, {**self.document, IN_FLIGHT: flight})
+
+    def _clear_in_flight(self) -> None:
+        """The batch's outcome is committed (or kept in memory while the disk refuses it)."""
+        if IN_FLIGHT not in self.document or self.dry_run:
+            return
+        document = {k: v for k, v in self.document.items() if k != IN_FLIGHT}
+        try:
+            self._save(self.position, document)
+        except StateError:
+            self.document = document  # the next successful write goes without it
+            self.unsaved = True
 
     def _committed_quarantine(self) -> int:
         """Bytes of the quarantine file that belong to committed batches.
@@ -389,13 +439,17 @@ class Source:
                 break
             report.batches += 1
             report.lines_read += batch.lines
-            if (
-                opened is not None
-                or workers.workers_for(imp.workers, imp.batch_lines, batch.lines) > 1
-            ):
-                done = workers.import_batch(self, batch, report, opened)
-            else:
-                done = self._import_batch(batch, report)
+            self._mark_in_flight(batch)
+            try:
+                if (
+                    opened is not None
+                    or workers.workers_for(imp.workers, imp.batch_lines, batch.lines) > 1
+                ):
+                    done = workers.import_batch(self, batch, report, opened)
+                else:
+                    done = self._import_batch(batch, report)
+            finally:
+                self._clear_in_flight()
             if not done:
                 break
             if on_batch is not None:

@@ -570,10 +570,12 @@ def test_hang_with_on_uncertain_skip_moves_past_the_batch(rig: Rig) -> None:
     assert rig.recorded() == data[:5] + data[10:]
 
 
-def test_sigkill_mid_import_then_restart_delivers_everything(rig: Rig) -> None:
+@pytest.mark.parametrize("on_uncertain", ["resend", "skip"])
+def test_sigkill_mid_import_then_restart_delivers_everything(rig: Rig, on_uncertain: str) -> None:
     """`matomo-rt import` killed while import_logs.py is inside a POST: the child dies with
-    it, the batch was not committed, the restart resends it (duplicates within one batch)."""
-    rig.write_config(batch_lines=10, flags=HANG_FLAGS)
+    it, the batch was not committed; the restart counts it uncertain, says so, and resends it
+    (duplicates within one batch) or, under skip, moves past it (missing within one batch)."""
+    rig.write_config(batch_lines=10, flags=HANG_FLAGS, on_uncertain=on_uncertain)
     first = lines_of(0, 20)
     rig.append(first)
     done = subprocess.run([*CLI, "-c", str(rig.config_path), "import"], timeout=60)
@@ -595,13 +597,23 @@ def test_sigkill_mid_import_then_restart_delivers_everything(rig: Rig) -> None:
     wait_for("the importer to die with matomo-rt", lambda: process_gone(pid))
     assert rig.offset() == size_before  # nothing of the killed batch committed
 
+    assert rig.stats().get("uncertain_batches", 0) == 0
+
     rig.clear_control()
-    done = subprocess.run([*CLI, "-c", str(rig.config_path), "import"], timeout=60)
-    assert done.returncode == 0
+    done = subprocess.run(
+        [*CLI, "-c", str(rig.config_path), "import"], timeout=60, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "matomo-rt stopped while import_logs.py had a batch of 10 lines" in done.stderr
+    assert rig.stats()["uncertain_batches"] == 1
+    assert "in_flight" not in rig.state_doc()
     recorded = rig.recorded()
-    assert recorded == first + more[:7] + more
-    duplicates = sum(n - 1 for n in Counter(recorded).values())
-    assert duplicates == 7 <= 10
+    if on_uncertain == "resend":
+        assert recorded == first + more[:7] + more
+        duplicates = sum(n - 1 for n in Counter(recorded).values())
+        assert duplicates == 7 <= 10
+    else:
+        assert recorded == first + more[:7] + more[10:]  # more[7:10]: the at-most-once window
     assert rig.offset() == rig.log.stat().st_size
 
 
@@ -853,10 +865,15 @@ def test_a_position_the_disk_refused_is_never_imported_again(
     real_save = matomo_rt.pipeline.save_state
     failing = [True]
 
-    def save_state(*args: Any) -> None:
-        if failing[0]:
+    marks: list[dict[str, Any]] = []
+
+    def save_state(path: Any, document: dict[str, Any]) -> None:
+        # The disk fills up once the batch went out (after its in-flight mark was written).
+        if failing[0] and marks:
             raise StateError("state.json: cannot write state: No space left on device")
-        real_save(*args)
+        real_save(path, document)
+        if "in_flight" in document:
+            marks.append(document)
 
     monkeypatch.setattr(matomo_rt.pipeline, "save_state", save_state)
     (source,) = open_sources(config)
@@ -1066,3 +1083,33 @@ def test_an_oversized_line_is_quarantined_once_however_often_its_batch_is_retrie
     [entry] = rig.quarantined()
     assert entry["reason"].startswith(f"line of {len(huge)} bytes")
     assert rig.stats()["quarantined"] == 1
+
+
+def test_a_disk_that_refuses_the_in_flight_mark_sends_nothing(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No batch goes to import_logs.py unless the state can say it went: a full disk stops
+    the log before anything reaches Matomo, and the batch is sent once when space is back."""
+    import matomo_rt.pipeline
+    from matomo_rt.tail import StateError
+
+    config = rig.write_config(batch_lines=100)
+    rig.append(lines_of(0, 5))
+    real_save = matomo_rt.pipeline.save_state
+    failing = [True]
+
+    def save_state(path: Any, document: dict[str, Any]) -> None:
+        if failing[0]:
+            raise StateError("state.json: cannot write state: No space left on device")
+        real_save(path, document)
+
+    monkeypatch.setattr(matomo_rt.pipeline, "save_state", save_state)
+    (source,) = open_sources(config)
+    with source:
+        with pytest.raises(StateError):
+            source.run_pass()
+        assert rig.starts() == [] and rig.recorded() == []
+        failing[0] = False
+        assert source.run_pass().caught_up
+    assert rig.recorded() == lines_of(0, 5)
+    assert "in_flight" not in rig.state_doc()

@@ -330,10 +330,15 @@ def test_outcomes_the_disk_refused_are_kept_and_never_sent_again(
     real_save = matomo_rt.pipeline.save_state
     failing = [True]
 
-    def save_state(*args: Any) -> None:
-        if failing[0]:
+    marks: list[dict[str, Any]] = []
+
+    def save_state(path: Any, document: dict[str, Any]) -> None:
+        # The disk fills up once the batch went out (after its in-flight mark was written).
+        if failing[0] and marks:
             raise StateError("state.json: cannot write state: No space left on device")
-        real_save(*args)
+        real_save(path, document)
+        if "in_flight" in document:
+            marks.append(document)
 
     monkeypatch.setattr(matomo_rt.pipeline, "save_state", save_state)
     (source,) = open_sources(config)
