@@ -64,7 +64,7 @@ class MatomoConfig:
 @dataclass(frozen=True)
 class ImportConfig:
     interval: float = 60.0
-    batch_lines: int = 10_000
+    batch_lines: int = 20_000
     batch_bytes: int = 8 * 1024 * 1024
     timeout: float = 600.0
     flags: tuple[str, ...] = DEFAULT_IMPORT_FLAGS

@@ -48,7 +48,7 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert config.matomo.import_logs_script == Path("/srv/matomo/misc/log-analytics/import_logs.py")
     assert config.matomo.python == "python3"
     imp = config.import_
-    assert (imp.interval, imp.batch_lines, imp.batch_bytes) == (60.0, 10_000, 8 * 1024 * 1024)
+    assert (imp.interval, imp.batch_lines, imp.batch_bytes) == (60.0, 20_000, 8 * 1024 * 1024)
     assert (imp.recorders, imp.on_uncertain, imp.start_at) == (1, "resend", "end")
     assert imp.workers == 1  # the one-liner's load on Matomo
     assert imp.flags == ("--enable-http-errors", "--enable-http-redirects")
