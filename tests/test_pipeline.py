@@ -852,23 +852,17 @@ def test_a_quiet_log_still_reports_success_but_spares_the_disk(rig: Rig) -> None
     assert not rig.starts()  # nothing was imported at any point
 
 
-def test_a_position_the_disk_refused_is_never_imported_again(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Matomo took the batch, then the state write failed (disk full): the process keeps the
-    position, imports nothing more until it is saved, and never sends that batch again."""
+def disk_full_after_the_batch_went_out(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """State writes fail (disk full) while the returned flag is set, once a batch's in-flight
+    mark is on disk: the batch went out, and its outcome cannot be saved."""
     import matomo_rt.pipeline
     from matomo_rt.tail import StateError
 
-    config = rig.write_config(batch_lines=100)
-    rig.append(lines_of(0, 5))
     real_save = matomo_rt.pipeline.save_state
     failing = [True]
-
     marks: list[dict[str, Any]] = []
 
     def save_state(path: Any, document: dict[str, Any]) -> None:
-        # The disk fills up once the batch went out (after its in-flight mark was written).
         if failing[0] and marks:
             raise StateError("state.json: cannot write state: No space left on device")
         real_save(path, document)
@@ -876,6 +870,19 @@ def test_a_position_the_disk_refused_is_never_imported_again(
             marks.append(document)
 
     monkeypatch.setattr(matomo_rt.pipeline, "save_state", save_state)
+    return failing
+
+
+def test_a_position_the_disk_refused_is_never_imported_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Matomo took the batch, then the state write failed (disk full): the process keeps the
+    position, imports nothing more until it is saved, and never sends that batch again."""
+    from matomo_rt.tail import StateError
+
+    config = rig.write_config(batch_lines=100)
+    rig.append(lines_of(0, 5))
+    failing = disk_full_after_the_batch_went_out(monkeypatch)
     (source,) = open_sources(config)
     with source:
         with pytest.raises(StateError):

@@ -20,7 +20,13 @@ from matomo_rt.matomo import importer
 from matomo_rt.partition import json_ip, split
 from matomo_rt.pipeline import open_sources
 from matomo_rt.store import StateError
-from tests.test_pipeline import Rig, lines_of, make_rig, one_pass
+from tests.test_pipeline import (
+    Rig,
+    disk_full_after_the_batch_went_out,
+    lines_of,
+    make_rig,
+    one_pass,
+)
 
 SMALL_POSTS = ("--enable-http-errors", "--enable-http-redirects", "--recorder-max-payload-size=2")
 
@@ -320,27 +326,13 @@ def test_outcomes_the_disk_refused_are_kept_and_never_sent_again(
 ) -> None:
     """The state write fails (disk full) as the first worker ends: the other worker's outcome
     is still taken into memory, nothing more is imported until it is saved, nothing twice."""
-    import matomo_rt.pipeline
 
     config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
     data = lines_of(0, 20)
     rig.append(data)
     parts = partitions(data, 2)
     rig.set_control(fatal_at_path=path_of(parts[1][4]))  # the batch stays open
-    real_save = matomo_rt.pipeline.save_state
-    failing = [True]
-
-    marks: list[dict[str, Any]] = []
-
-    def save_state(path: Any, document: dict[str, Any]) -> None:
-        # The disk fills up once the batch went out (after its in-flight mark was written).
-        if failing[0] and marks:
-            raise StateError("state.json: cannot write state: No space left on device")
-        real_save(path, document)
-        if "in_flight" in document:
-            marks.append(document)
-
-    monkeypatch.setattr(matomo_rt.pipeline, "save_state", save_state)
+    failing = disk_full_after_the_batch_went_out(monkeypatch)
     (source,) = open_sources(config)
     with source:
         with pytest.raises(StateError):
