@@ -141,7 +141,12 @@ def _run(argv: list[str], sc: Scenario, env: dict[str, str]) -> tuple[Any, str, 
         cwd=tempfile.gettempdir(),
     )
     if not sc.hangs:
-        out, err = proc.communicate(sc.stdin, timeout=DEADLINE)
+        try:
+            out, err = proc.communicate(sc.stdin, timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # a test that gives up must not leave the script running
+            proc.communicate()
+            raise
         return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     chunks: list[bytes] = []
 
