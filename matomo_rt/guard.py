@@ -13,7 +13,6 @@ show up in its summary.
 
 from __future__ import annotations
 
-import datetime
 import errno
 import json
 import json.scanner
@@ -200,21 +199,9 @@ def _date_in_range(date: str) -> bool:
     It reads `date[19:]` without ":" as a number `±hhmm` (any length) and subtracts that many
     hours and minutes; an unparsable date or zone is merely an invalid line to it.
     """
-    zone = date[19:].replace(":", "")
-    try:
-        moment = datetime.datetime.strptime(date[:19], "%Y-%m-%dT%H:%M:%S")
-        number = int(zone) if zone else 0
-    except ValueError:
-        return True
-    sign = -1 if number < 0 else 1
-    magnitude = abs(number)
-    try:
-        moment - datetime.timedelta(
-            hours=int(magnitude / 100) * sign, minutes=magnitude % 100 * sign
-        )
-    except OverflowError:
-        return False
-    return True
+    # "replace": a lone surrogate from JSON cannot be encoded; "?" fails to parse, as it did.
+    head, zone = (part.encode("utf-8", "replace") for part in (date[:19], date[19:]))
+    return shapes.shift_in_range(head, zone, "%Y-%m-%dT%H:%M:%S")
 
 
 def _why(key: str, value: Any) -> str:

@@ -38,12 +38,12 @@ def check_bracketed(line: bytes) -> tuple[Optional[bytes], str]:
     if good is None:
         return good, reason
     m = _BRACKETS.search(line)
-    if m and not _shift_in_range(m.group(1), m.group(2), "%d/%b/%Y:%H:%M:%S"):
+    if m and not shift_in_range(m.group(1), m.group(2), "%d/%b/%Y:%H:%M:%S"):
         return None, "date is out of range once its time zone is applied"
     return line, ""
 
 
-def _shift_in_range(date: bytes, zone: bytes, layout: str) -> bool:
+def shift_in_range(date: bytes, zone: bytes, layout: str) -> bool:
     """False when subtracting the zone (read as ±hhmm, any length) overflows the date."""
     try:
         moment = datetime.datetime.strptime(date.decode("ascii"), layout)
@@ -153,6 +153,6 @@ def check_traefik(line: bytes) -> tuple[Optional[bytes], str]:
     when = obj.get("time")
     if type(when) is str and len(when) > 19:
         zone = when[19:].replace(":", "").encode()
-        if not _shift_in_range(when[:19].encode(), zone, "%Y-%m-%dT%H:%M:%S"):
+        if not shift_in_range(when[:19].encode(), zone, "%Y-%m-%dT%H:%M:%S"):
             return None, "time is out of range once its time zone is applied"
     return line, ""

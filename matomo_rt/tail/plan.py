@@ -175,21 +175,24 @@ def plan(
     return [], pos
 
 
+def _read_whole(c: Candidate) -> Generation:
+    """`c` as a generation read to its end (a compressed one's length is not known)."""
+    return Generation(
+        c.dev,
+        c.ino,
+        Fingerprint.of(c.head()),
+        c.size if c.compression is None else None,
+        c.name,
+        c.compression,
+    )
+
+
 def oldest(cands: list[Candidate], imported: Optional[Callable[[bytes], bool]] = None) -> Position:
     """Before the oldest generation: every file beside the log is read, oldest first, then the
     live file, as generations rotated since a pass are; except files `import-files` imported
     (`imported` is true for their head), which count as read."""
     done = tuple(
-        Generation(
-            c.dev,
-            c.ino,
-            Fingerprint.of(c.head()),
-            c.size if c.compression is None else None,
-            c.name,
-            c.compression,
-        )
-        for c in cands
-        if c.head() and imported is not None and imported(c.head())
+        _read_whole(c) for c in cands if c.head() and imported is not None and imported(c.head())
     )
     return Position(True, None, done)
 
@@ -199,18 +202,7 @@ def first_run(
 ) -> tuple[list[Step], Position]:
     """What exists now is history: remember it, and start the live file at byte `start`
     (None: after its last complete line)."""
-    history = tuple(
-        Generation(
-            c.dev,
-            c.ino,
-            Fingerprint.of(c.head()),
-            c.size if c.compression is None else None,
-            c.name,
-            c.compression,
-        )
-        for c in cands
-        if c.head()
-    )
+    history = tuple(_read_whole(c) for c in cands if c.head())
     pos = Position(True, None, history)
     if live is None:
         return [], pos
