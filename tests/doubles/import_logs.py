@@ -13,7 +13,8 @@ tests/test_contract_import_logs.py checks it against the real one.
 Environment (all optional):
 
 IMPORT_DOUBLE_RECORD   file; the original bytes of every line Matomo would hold are appended,
-                       batch by batch, flushed and fsync'd like a committed bulk POST.
+                       batch by batch, flushed and fsync'd like a committed bulk POST; a
+                       tail torn by a kill mid-append is cut back by the next append.
 IMPORT_DOUBLE_CALLS    file; one JSON line at start {"event": "start", "pid", "argv",
                        "token_auth", "token_env"} and one at the end {"event": "end", "pid",
                        "exit", "recorded"} (no end line: the process was killed or hangs); and
@@ -60,6 +61,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import datetime
+import fcntl
 import fnmatch
 import glob
 import io
@@ -255,9 +257,23 @@ class Journal:
                 return
             data = b"".join(r if r.endswith(b"\n") else r + b"\n" for r in raws)
             with open(self.record_path, "ab") as fh:
+                # Other importers (workers) append too: the lock makes cut-back-and-append one
+                # step. A record not ending in a newline was torn by a kill mid-append: drop it.
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+                _cut_back_torn_tail(fh)
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+
+
+def _cut_back_torn_tail(fh: IO[bytes]) -> None:
+    """Truncate the record file to its last complete line (rare: only after a kill)."""
+    with open(fh.name, "rb") as reader:
+        size = os.fstat(reader.fileno()).st_size
+        if size == 0 or os.pread(reader.fileno(), 1, size - 1) == b"\n":
+            return
+        content = reader.read()
+    fh.truncate(content.rfind(b"\n") + 1)
 
 
 def _token_on(argv: list[str]) -> Optional[str]:

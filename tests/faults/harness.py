@@ -156,11 +156,12 @@ dir = "{self.state_dir}"
         return env
 
     def recorded(self) -> list[bytes]:
+        """Complete lines only: a torn tail is a POST killed mid-commit."""
         try:
             data = self.record.read_bytes()
         except FileNotFoundError:
             return []
-        return data.splitlines(keepends=True)
+        return data[: data.rfind(b"\n") + 1].splitlines(keepends=True)
 
     def calls(self) -> list[dict[str, Any]]:
         try:
