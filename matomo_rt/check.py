@@ -21,8 +21,8 @@ from typing import Optional, TextIO
 from matomo_rt import detect, execute, formats
 from matomo_rt.check_matomo import check_matomo
 from matomo_rt.config import TOKEN_ENV, Config, ConfigError, LogConfig, import_problems, load_token
+from matomo_rt.logstate import state_paths
 from matomo_rt.matomo import options
-from matomo_rt.pipeline import state_paths
 from matomo_rt.store import StateError, load_state
 
 #: Seconds for each HTTP request to Matomo and each interpreter probe.

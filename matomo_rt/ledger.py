@@ -77,7 +77,7 @@ def live_claim(config: Config, f: Content) -> Optional[str]:
 
 
 def _claim_of(config: Config, log_config: LogConfig, f: Content) -> Optional[str]:
-    from matomo_rt.pipeline import state_paths  # the pipeline itself uses this module
+    from matomo_rt.logstate import state_paths  # the log state itself uses this module
 
     name = log_config.name
     live = log_config.path

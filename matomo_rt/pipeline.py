@@ -3,42 +3,34 @@
 The offset moves only past lines Matomo holds (or that were quarantined, with their reason):
 after a clean import the whole batch, after `--skip=N` exactly the lines before N, after an
 outcome nobody can know (the importer killed mid-batch) what `on_uncertain` says. Everything
-else keeps the offset, so the same batch is offered again later.
+else keeps the offset, so the same batch is offered again later. The position, statistics and
+quarantine it commits are matomo_rt.logstate's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
-from matomo_rt import detect, execute, health, ledger, workers
-from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
-from matomo_rt.guard import GuardResult, Quarantine, checker, guarded_chunks
+from matomo_rt import execute, health, workers
+from matomo_rt.config import Config, ConfigError, import_problems, load_token
+from matomo_rt.guard import GuardResult, checker, guarded_chunks
+from matomo_rt.logstate import MAX_LINE_BYTES, LogState, auth_key
 from matomo_rt.matomo import importer
-from matomo_rt.store import load_state, save_state
-from matomo_rt.tail import Batch, LogReader, SourceLock, StateError
-from matomo_rt.tail.position import Position, lag_bytes, stored_position
+from matomo_rt.tail import Batch
 
 log = logging.getLogger(__name__)
 
 AUTH_PAUSE_SECONDS = health.AUTH_PAUSE_SECONDS
-#: State key present while a batch is with import_logs.py (see Source._mark_in_flight).
-IN_FLIGHT = "in_flight"
-MAX_BACKOFF_SECONDS = 900.0
 QUIET_SUCCESS_SECONDS = 60.0
 #: A pass's outcome when the live file cannot be read (see PassReport.file_problem).
 FILE_PROBLEM = "file"
-#: Longer lines are quarantined (their first 64 KiB) without being held in memory. nginx's
-#: longest line (8 KiB request line, referrer and user agent, JSON-escaped) is far below.
-MAX_LINE_BYTES = 1 << 20
 STDIN_CHUNK = 1 << 20
 
 
@@ -61,323 +53,10 @@ class PassReport:
     file_problem: Optional[tuple[str, str]] = None
 
 
-def _count(value: Any) -> int:
-    """A counter from the state file; a hand-damaged one restarts at 0 rather than crash."""
-    return value if type(value) is int and value >= 0 else 0
-
-
-def state_paths(config: Config, log_config: LogConfig) -> tuple[Path, Path, Path]:
-    """State file, lock file and quarantine file of one log, all in the state directory."""
-    base = config.state.dir / log_config.name
-    return (
-        base.with_name(base.name + ".state.json"),
-        base.with_name(base.name + ".lock"),
-        base.with_name(base.name + ".quarantine.jsonl"),
-    )
-
-
-def _unread(document: dict[str, Any], position: Position, before: Position) -> list[dict[str, Any]]:
-    """The generations `position` counts as read without reading them (those `before` did
-    not know: it read them, or some of them), added to those already listed."""
-    known = document.get(ledger.UNREAD_HISTORY)
-    listed = list(known) if isinstance(known, list) else []
-    seen = [*before.finished, *([before.current] if before.current else [])]
-    for gen in position.finished:
-        fp = gen.fp.to_json()
-        if fp not in listed and not any(
-            old.fp == gen.fp or old.same_file(gen.dev, gen.ino) for old in seen
-        ):
-            listed.append(fp)
-    return listed
-
-
-def auth_key(url: Optional[str], token: Optional[str]) -> str:
-    """Changes when the URL or token changes: a new token lifts the authentication pause."""
-    return hashlib.sha256(f"{url}\0{token}".encode()).hexdigest()[:16]
-
-
-class Source:
-    """One configured log: its lock, reader, quarantine, position and statistics.
-
-    Open it (taking the lock) for as long as this process works on the log; the service keeps
-    it open, the one-shot commands for one pass. The Source alone owns the state document (the
-    position and the statistics, committed together in one atomic write); the reader is handed
-    a position and hands back positions.
-    """
-
-    def __init__(
-        self,
-        config: Config,
-        log_config: LogConfig,
-        token: Optional[str] = None,
-        dry_run: bool = False,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.config = config
-        self.log_config = log_config
-        self.name = log_config.name
-        self.token = token
-        self.dry_run = dry_run
-        self.clock = clock
-        self.state_path, self.lock_path, quarantine_path = state_paths(config, log_config)
-        self.quarantine = Quarantine(quarantine_path, self.name)
-        self.lock = SourceLock(self.lock_path)
-        self.reader: Optional[LogReader] = None
-        self.health = health.LogHealth()
-        self._pass_imported = 0  # requests imported by the running pass, for the health facts
-        self._last_duration = 0.0  # seconds the last import_logs.py run took
-        #: The state document as last written (or kept in memory while the disk refuses it).
-        self.document: dict[str, Any] = {}
-        #: Where the next batch starts: past every line Matomo holds.
-        self.position = Position()
-        #: Bytes of the quarantine file the state file knows of (entries of committed batches).
-        self.quarantine_bytes = 0
-        #: Quarantine entries of committed batches not yet durable (the disk refused them).
-        self.pending: list[tuple[str, bytes]] = []
-        self.consecutive_failures = 0
-        self.retry_at = 0.0
-        self.unsaved = False
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    def open(self) -> Source:
-        self.lock.acquire()
-        try:
-            document = load_state(self.state_path)
-            self.position = stored_position(document, self.state_path)
-            self.document = {k: v for k, v in (document or {}).items() if k != "format"}
-            self.reader = LogReader(
-                self.log_config.path,
-                start_at=self.config.start_at(self.log_config),
-                other_logs=tuple(
-                    other.path.name
-                    for other in self.config.logs
-                    if other.path.parent == self.log_config.path.parent
-                ),
-                not_ours=(self.state_path.name, self.lock_path.name, self.quarantine.path.name),
-                max_line_bytes=MAX_LINE_BYTES,
-                imported=ledger.imported_head(self.config.state.dir),
-            )
-            self.quarantine_bytes = self._committed_quarantine()
-        except BaseException:
-            self.lock.release()
-            raise
-        self.health = health.LogHealth.from_json(self.stats.get("health"))
-        if IN_FLIGHT in self.document and not self.dry_run:
-            self._count_dead_batch(self.document[IN_FLIGHT])
-        return self
-
-    def _count_dead_batch(self, flight: Any) -> None:
-        """A batch was with import_logs.py when the process that sent it died (SIGKILL, a
-        crash, a power cut): part of it may be in Matomo. Count it, say so, apply on_uncertain."""
-        lines = flight.get("lines") if isinstance(flight, dict) else None
-        skip = self.config.import_.on_uncertain == "skip"
-        end = self.position
-        if skip:
-            try:
-                end = Position.from_json(flight["end"])
-            except (KeyError, TypeError, ValueError, AttributeError):
-                skip = False  # no usable end: resending loses nothing
-        log.warning(
-            "%s: matomo-rt stopped while import_logs.py had a batch of %s lines; requests of it"
-            " may be in Matomo already. on_uncertain = %s: %s",
-            self.name,
-            lines if isinstance(lines, int) else "?",
-            self.config.import_.on_uncertain,
-            "moving past it, some of its lines may be missing"
-            if skip
-            else "sending it again, some of its requests may be counted twice",
-        )
-        stats = self.stats
-        stats["uncertain_batches"] = _count(stats.get("uncertain_batches")) + 1
-        document = {k: v for k, v in self.document.items() if k != IN_FLIGHT}
-        self.position = end
-        self._save(end, {**document, "stats": stats})
-
-    def _mark_in_flight(self, batch: Batch) -> None:
-        """Record that `batch` goes to import_logs.py now, so that a process killed before its
-        outcome is committed leaves a trace the next start counts (an uncertain batch)."""
-        if self.dry_run:
-            return
-        flight = {"since": self.clock(), "lines": batch.lines, "end": batch.end.to_json()}
-        self._save(self.position, {**self.document, IN_FLIGHT: flight})
-
-    def _clear_in_flight(self) -> None:
-        """The batch's outcome is committed (or kept in memory while the disk refuses it)."""
-        if IN_FLIGHT not in self.document or self.dry_run:
-            return
-        document = {k: v for k, v in self.document.items() if k != IN_FLIGHT}
-        try:
-            self._save(self.position, document)
-        except StateError:
-            self.document = document  # the next successful write goes without it
-            self.unsaved = True
-
-    def _committed_quarantine(self) -> int:
-        """Bytes of the quarantine file that belong to committed batches.
-
-        Entries past what the state file records were written for a batch whose commit never
-        happened (the process died before its state write): that batch is read and its lines
-        quarantined again, so they are dropped now rather than written twice.
-        """
-        size = self.quarantine.size()
-        record = self.document.get("quarantine")
-        known = record.get("bytes") if isinstance(record, dict) else None
-        if type(known) is not int or known >= size or self.dry_run:
-            return size  # a state from before this record, or an operator shortened the file
-        log.info(
-            "%s: dropping %d bytes of quarantine entries of a batch that was not committed;"
-            " its lines are read again",
-            self.name,
-            size - known,
-        )
-        return self.quarantine.write((), known)
-
-    def seek(self, to: str) -> Position:
-        """Move the position to "start", "end" or a byte of the live file; statistics kept.
-
-        ValueError for a `to` that is not a place in the file.
-        """
-        assert self.reader is not None, "open() the source first"
-        position = self.reader.seek_position(to)
-        unread = _unread(self.document, position, self.position)
-        self._commit(position, document={ledger.UNREAD_HISTORY: unread})
-        return position
-
-    def close(self) -> None:
-        self.reader = None
-        self.lock.release()
-
-    def __enter__(self) -> Source:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- statistics --------------------------------------------------------------------
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        stats = self.document.get("stats")
-        return dict(stats) if isinstance(stats, dict) else {}
-
-    def _save(self, position: Position, document: dict[str, Any]) -> None:
-        """Write the position and `document` (statistics and other keys) in one atomic write;
-        StateError if the disk refuses it."""
-        document = {
-            **document,
-            "log": str(self.log_config.path),
-            "position": position.to_json(),
-            "updated": time.time(),
-        }
-        save_state(self.state_path, document)
-        self.document = document
-
-    def _commit(
-        self,
-        position: Position,
-        document: Optional[dict[str, Any]] = None,
-        quarantine: Sequence[tuple[str, bytes]] = (),
-        **updates: Any,
-    ) -> None:
-        """Make `position`, the `quarantine` entries of the lines it moves past, the statistics'
-        `updates` and other `document` keys durable.
-
-        On StateError (the disk refused the quarantine file or the state) all of it is kept in
-        memory: Matomo may hold lines the disk does not know about, so they are never offered
-        again from this process; the next pass writes them before it imports anything.
-        """
-        extra = {**(document or {})}
-        if (
-            position.initialized
-            and not self.position.initialized
-            and self.config.start_at(self.log_config) != "oldest"
-        ):
-            # The first run leaves the generations beside the log unread: `import-files` may
-            # import them, and must know them from those this log reads itself.
-            extra.setdefault(ledger.UNREAD_HISTORY, _unread(self.document, position, self.position))
-        stats = self.stats
-        hosts = updates.pop("unmatched_hosts", ())
-        imported = int(updates.get("add_imported", 0))
-        self.health.note_batch(
-            self.clock(),
-            int(updates.get("add_lines_read", 0)),
-            # Lines the importer could not parse in the log's format count as held back too.
-            int(updates.get("add_quarantined", 0)) + int(updates.get("add_invalid", 0)),
-            imported,
-            int(updates.get("add_unmatched", 0)),
-            tuple(hosts),
-            pass_imported=self._pass_imported > 0,
-        )
-        self._pass_imported += imported
-        self._note_detection()
-        stats["health"] = self.health.to_json()
-        for key, value in updates.items():
-            if key.startswith("add_"):
-                name = key[4:]
-                stats[name] = _count(stats.get(name)) + int(value)
-            else:
-                stats[key] = value
-        extra["stats"] = stats
-        self.position = position
-        self.document = {**self.document, **extra}
-        if self.dry_run:
-            return
-        self.pending.extend(quarantine)
-        self._flush()
-
-    def _flush(self) -> None:
-        """Write the pending quarantine entries (after the committed bytes of the file: a torn
-        or uncommitted append is dropped, none is written twice), then the state recording the
-        file's new committed length, the position and the statistics."""
-        try:
-            size = self.quarantine_bytes
-            if self.pending:
-                size = self.quarantine.write(self.pending, size)
-            self._save(self.position, {**self.document, "quarantine": {"bytes": size}})
-        except StateError:
-            self.unsaved = True
-            raise
-        if self.pending:
-            for reason, _ in self.pending[:3]:
-                log.warning(
-                    "%s: quarantined a line: %s (%s)", self.name, reason, self.quarantine.path
-                )
-        self.pending = []
-        self.quarantine_bytes = size
-        self.unsaved = False
-
-    def _save_unsaved(self) -> Optional[str]:
-        """Retry writing what the disk refused; the reason while it still fails."""
-        if not self.unsaved:
-            return None
-        try:
-            self._flush()
-        except StateError as exc:
-            return f"{exc}; no import until the position can be saved"
-        log.info("%s: the position is saved again", self.name)
-        return None
-
-    def _record_error(self, outcome: str, reason: str, **extra: Any) -> None:
-        """Keep the offset, remember the error for `status`."""
-        error = {"time": self.clock(), "outcome": outcome, "reason": reason}
-        self._commit(self.position, last_error=error, add_failed_batches=1, **extra)
-
-    def auth_paused(self) -> Optional[str]:
-        """Why imports are paused after Matomo refused the token, or None."""
-        until = health.pause_until(
-            self.stats, auth_key(self.config.matomo.url, self.token), self.clock()
-        )
-        if until is None:
-            return None
-        return (
-            f"Matomo refused the token; paused until "
-            f"{time.strftime('%H:%M:%S', time.localtime(until))} to avoid Matomo blocking this"
-            " host after repeated failed logins. Fix matomo.token_auth_file (the pause lifts"
-            " when the token changes)"
-        )
-
-    # -- the pass ----------------------------------------------------------------------
+class Source(LogState):
+    """A log's state and the import pass over it: read a batch from the position, guard it,
+    hand it to import_logs.py (or to matomo_rt.workers on a backlog), commit what the outcome
+    allows."""
 
     def run_pass(
         self,
@@ -461,41 +140,6 @@ class Source:
         else:
             self.back_off()
         return report
-
-    def back_off(self) -> None:
-        """Wait longer after each failure in a row (the service's ticks honour retry_at)."""
-        self.consecutive_failures += 1
-        delay = min(
-            self.config.import_.interval * 2 ** (self.consecutive_failures - 1),
-            MAX_BACKOFF_SECONDS,
-        )
-        self.retry_at = self.clock() + delay
-        self.health.failures, self.health.retry_at = self.consecutive_failures, self.retry_at
-        self._save_health()
-
-    def _note_detection(self) -> None:
-        """Once the window says wrong format: look at the log's recent lines (matomo_rt.detect)
-        to name what they are and the fix; forgotten when the window is fine again."""
-        h = self.health
-        if not health.wrong_format(h, self.config.health):
-            h.detected = None
-            return
-        if h.detected is not None or self.log_config.format_regex:
-            return
-        try:
-            detection = detect.detect_file(self.log_config.path)
-        except OSError:
-            return  # the file problem is its own verdict
-        h.detected = detect.mismatch(self.log_config.format, detection) or ""
-
-    def _save_health(self) -> None:
-        """Persist a changed health fact (file problem, backoff) for `status` to see."""
-        if self.dry_run or self.reader is None or self.unsaved:
-            return
-        try:
-            self._commit(self.position)
-        except StateError as exc:
-            log.debug("%s: cannot record health facts: %s", self.name, exc)
 
     def _import_batch(self, batch: Batch, report: PassReport) -> bool:
         """Hand one batch to the importer and commit what its outcome allows."""
@@ -720,43 +364,6 @@ class Source:
                 result.counts.get("no_site", 0),
                 ", ".join(sorted(result.unmatched_hosts)[:10]),
             )
-
-    def verdict(self) -> health.Verdict:
-        """This log's health from what this process knows (its memory, not the state file)."""
-        file = self.health.file
-        return health.judge_log(
-            health.log_facts(
-                self.name,
-                str(self.log_config.path),
-                self.document,
-                file_now=(file["kind"], str(file.get("reason", ""))) if file else None,
-                lag_bytes=self.lag_bytes(),
-                token_key=auth_key(self.config.matomo.url, self.token),
-                recorded=self.health,
-                log_format=format_name(self.log_config),
-                now=self.clock(),
-            ),
-            self.clock(),
-            self.config.health,
-        )
-
-    def lag_bytes(self) -> Optional[int]:
-        """Bytes of the live file not yet committed (rotated leftovers not counted)."""
-        try:
-            st = os.stat(self.log_config.path)
-        except OSError:
-            return None
-        current = self.position.current
-        if current is None:
-            return st.st_size
-        return lag_bytes(
-            current.dev, current.ino, current.offset or 0, st.st_size, st.st_dev, st.st_ino
-        )
-
-
-def format_name(log_config: LogConfig) -> str:
-    """The log's format as the health verdict names it."""
-    return "a custom format_regex" if log_config.format_regex else log_config.format
 
 
 def open_sources(

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from matomo_rt import health
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
-from matomo_rt.pipeline import auth_key, format_name, state_paths
+from matomo_rt.logstate import auth_key, format_name, state_paths
 from matomo_rt.store import StateError, describe_process, load_state, lock_holder
 from matomo_rt.tail.position import lag_bytes
 from matomo_rt.workers import OpenBatch

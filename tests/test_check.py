@@ -19,7 +19,7 @@ import pytest
 
 from matomo_rt.check import run_check
 from matomo_rt.config import Config, load
-from matomo_rt.pipeline import state_paths
+from matomo_rt.logstate import state_paths
 from tests.doubles.fake_matomo import FakeMatomo, _make_handler
 
 DOUBLE = Path(__file__).resolve().parent / "doubles" / "import_logs.py"

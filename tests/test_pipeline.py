@@ -38,8 +38,9 @@ from matomo_rt.commands import (
     run_seek,
 )
 from matomo_rt.config import Config, ConfigError, load
+from matomo_rt.logstate import state_paths
 from matomo_rt.matomo import importer
-from matomo_rt.pipeline import PassReport, Source, open_sources, state_paths
+from matomo_rt.pipeline import PassReport, Source, open_sources
 
 ROOT = Path(__file__).resolve().parent.parent
 DOUBLE = ROOT / "tests" / "doubles" / "import_logs.py"
@@ -855,10 +856,10 @@ def test_a_quiet_log_still_reports_success_but_spares_the_disk(rig: Rig) -> None
 def disk_full_after_the_batch_went_out(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """State writes fail (disk full) while the returned flag is set, once a batch's in-flight
     mark is on disk: the batch went out, and its outcome cannot be saved."""
-    import matomo_rt.pipeline
+    import matomo_rt.logstate
     from matomo_rt.tail import StateError
 
-    real_save = matomo_rt.pipeline.save_state
+    real_save = matomo_rt.logstate.save_state
     failing = [True]
     marks: list[dict[str, Any]] = []
 
@@ -869,7 +870,7 @@ def disk_full_after_the_batch_went_out(monkeypatch: pytest.MonkeyPatch) -> list[
         if "in_flight" in document:
             marks.append(document)
 
-    monkeypatch.setattr(matomo_rt.pipeline, "save_state", save_state)
+    monkeypatch.setattr(matomo_rt.logstate, "save_state", save_state)
     return failing
 
 
@@ -1044,7 +1045,7 @@ def test_quarantine_entries_of_a_batch_never_committed_are_not_written_twice(
     """The quarantine append succeeded, the state write did not, and the process died: the
     next one reads the batch again (the crash window) and quarantines its bad line again, so
     the entries past what the state file knows of are dropped first: one entry, not two."""
-    import matomo_rt.pipeline
+    import matomo_rt.logstate
     from matomo_rt.tail import StateError
 
     config = rig.write_config(batch_lines=100)
@@ -1052,15 +1053,15 @@ def test_quarantine_entries_of_a_batch_never_committed_are_not_written_twice(
     assert one_pass(config).caught_up
     assert len(rig.quarantined()) == 1
     rig.append([b"[1]\n", *lines_of(4, 6)])
-    real_save = matomo_rt.pipeline.save_state
+    real_save = matomo_rt.logstate.save_state
 
     def refused(*args: Any) -> None:
         raise StateError("state.json: cannot write state: No space left on device")
 
-    monkeypatch.setattr(matomo_rt.pipeline, "save_state", refused)
+    monkeypatch.setattr(matomo_rt.logstate, "save_state", refused)
     with pytest.raises(StateError), open_sources(config)[0] as source:
         source.run_pass()  # imported, quarantined "[1]", state refused; then the process dies
-    monkeypatch.setattr(matomo_rt.pipeline, "save_state", real_save)
+    monkeypatch.setattr(matomo_rt.logstate, "save_state", real_save)
     assert one_pass(config).caught_up  # a new process: the batch again
     assert [q["line"] for q in rig.quarantined()] == ["not json", "[1]"]
     assert rig.stats()["quarantined"] == 2
@@ -1097,12 +1098,12 @@ def test_a_disk_that_refuses_the_in_flight_mark_sends_nothing(
 ) -> None:
     """No batch goes to import_logs.py unless the state can say it went: a full disk stops
     the log before anything reaches Matomo, and the batch is sent once when space is back."""
-    import matomo_rt.pipeline
+    import matomo_rt.logstate
     from matomo_rt.tail import StateError
 
     config = rig.write_config(batch_lines=100)
     rig.append(lines_of(0, 5))
-    real_save = matomo_rt.pipeline.save_state
+    real_save = matomo_rt.logstate.save_state
     failing = [True]
 
     def save_state(path: Any, document: dict[str, Any]) -> None:
@@ -1110,7 +1111,7 @@ def test_a_disk_that_refuses_the_in_flight_mark_sends_nothing(
             raise StateError("state.json: cannot write state: No space left on device")
         real_save(path, document)
 
-    monkeypatch.setattr(matomo_rt.pipeline, "save_state", save_state)
+    monkeypatch.setattr(matomo_rt.logstate, "save_state", save_state)
     (source,) = open_sources(config)
     with source:
         with pytest.raises(StateError):
