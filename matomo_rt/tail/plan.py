@@ -81,11 +81,13 @@ class Candidate:
         return self._head
 
 
-class Step(namedtuple("Step", "role gen path limit", defaults=(None,))):
+class Step(namedtuple("Step", "role gen path limit copy", defaults=(None, False))):
     """One file to read in this pass: `role` says how reading it moves the position.
 
     role: "finished" (late lines of a finished generation), "rotated" or "live"; gen.offset is
-    where reading starts; limit: read no further (the live file's size when planned).
+    where reading starts; limit: read no further (the live file's size when planned); copy:
+    copytruncate's copy of content read from the live file, which may end before gen.offset
+    (the reader read past the copy before the truncate): no loss, nothing to warn of.
     """
 
     __slots__ = ()
@@ -184,6 +186,7 @@ def _read_whole(c: Candidate) -> Generation:
         c.size if c.compression is None else None,
         c.name,
         c.compression,
+        complete=True,
     )
 
 
@@ -267,19 +270,23 @@ class _Plan:
     # -- the steps, in order
 
     def finished_generations(self, pos: Position) -> Position:
-        """Recognise finished generations; pick up lines written after their rename."""
+        """Recognise finished generations; pick up lines written after their rename, and the
+        rest of one read in part (a compressed file does not grow: once read to its end, it
+        is never opened again)."""
         finished: list[Generation] = []
         for gen in pos.finished:
             c = self.find(gen)
             if c is None:
                 continue  # gone everywhere: forget it
-            moved = not gen.same_file(c.dev, c.ino)
+            if not gen.same_file(c.dev, c.ino):  # compressed (or copied): look at it again
+                gen = gen._replace(complete=False)
             self.account(c, gen.fp)
             gen = _extend(_moved(gen, c), c.head())
+            if gen.offset is not None and c.compression is None and c.size > gen.offset:
+                gen = gen._replace(complete=False)  # late lines
             finished.append(gen)
-            if gen.offset is not None and (
-                moved or (c.compression is None and c.size > gen.offset)
-            ):
+            # (offset None: history from before the first run, counted as read)
+            if gen.offset is not None and not gen.complete:
                 self.steps.append(Step("finished", gen, c.path))
         return Position(True, pos.current, tuple(finished))
 
@@ -300,22 +307,26 @@ class _Plan:
         copy = self.relocate(current)
         if copy is not None:
             self.account(copy, current.fp)
+            # What the reader knows: the old content up to `offset` was read, the copy holds
+            # it from its start, and its rest is read now. Whether anything was written after
+            # the copy and not read before the truncate, it cannot know (nor, with a
+            # renamed-and-compressed generation whose freed inode the next `create` reused,
+            # whether this was a copytruncate at all): it says so, and claims no loss.
             self.warn(
                 "copytruncate",
-                # A renamed-and-compressed generation frees its inode, which the next `create`
-                # may reuse: that looks the same, and loses nothing.
                 "truncated in place (copytruncate), or replaced by a new file on the same inode;"
-                f" finishing the old content, now {copy.name}, from the stored offset. With"
-                " copytruncate, lines written between the copy and the truncation are lost:"
-                " prefer rename + reopen in logrotate",
+                f" read up to byte {offset}, the old content goes on in {copy.name}, then this"
+                " file is read from its start. Lines written after a copy and not read before"
+                " its truncation would be in neither file; matomo-rt cannot tell whether there"
+                " were any: prefer rename + reopen in logrotate",
             )
             gen = _extend(_moved(current, copy), copy.head())
-            self.steps.append(Step("rotated", gen, copy.path))
+            self.steps.append(Step("rotated", gen, copy.path, copy=True))
         elif live.size < offset:
             self.warn(
                 "truncated",
                 f"truncated from {offset} to {live.size} bytes and no copy was found; lines"
-                " after the old offset are lost",
+                f" written after byte {offset} before the truncation, if any, were not read",
             )
         else:
             self.warn(
@@ -382,10 +393,9 @@ class _Plan:
         being written beside its source holds the same lines and must not be read twice.
 
         When the position is already in the live file, such a file is older than it (renamed
-        while still empty, written to before nginx reopened): its lines are late lines of a
-        finished generation, and reading them must not move the position out of the live file.
-        (Not a compressed one: a finished compressed generation is never read again, so one
-        read only in part would lose its rest.)
+        while still empty, written to before nginx reopened, maybe compressed since): its lines
+        are late lines of a finished generation, and reading them must not move the position
+        out of the live file (a restart mid-way would then not know the live file's lines).
         """
         for c in sorted(self.unclaimed(), key=_age_key):
             head = c.head()
@@ -393,7 +403,7 @@ class _Plan:
                 continue
             gen = Generation(c.dev, c.ino, Fingerprint.of(head), 0, c.name, c.compression)
             self.account(c, gen.fp)
-            late = self.live_step is not None and c.compression is None
+            late = self.live_step is not None
             self.steps.append(Step("finished" if late else "rotated", gen, c.path))
 
     def live_from_start(self) -> None:

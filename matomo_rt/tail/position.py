@@ -16,11 +16,17 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 
-class Generation(namedtuple("Generation", "dev ino fp offset name compression", defaults=(None,))):
+class Generation(
+    namedtuple("Generation", "dev ino fp offset name compression complete", defaults=(None, False))
+):
     """One file of a log's rotation history, known by inode and head fingerprint.
 
     `offset` counts decompressed bytes already handed on. It is None for a compressed file
     that existed before the first run and was never read (its length was never needed).
+    `complete`: a finished generation was read to its end, not only up to `offset`. A
+    compressed file's size says nothing about its decompressed length, so without it a
+    compressed generation read in part (a batch boundary, a restart) could not be told from
+    one read whole, and its rest would be lost.
     Named tuples, not dataclasses, to keep `matomo-rt tail` start-up fast.
     """
 
@@ -31,6 +37,7 @@ class Generation(namedtuple("Generation", "dev ino fp offset name compression", 
     offset: Optional[int]
     name: str
     compression: Optional[str]
+    complete: bool
 
     def same_file(self, dev: int, ino: int) -> bool:
         return self.dev == dev and self.ino == ino
@@ -43,6 +50,7 @@ class Generation(namedtuple("Generation", "dev ino fp offset name compression", 
             "offset": self.offset,
             "name": self.name,
             "compression": self.compression,
+            "complete": self.complete,
         }
 
     @classmethod
@@ -54,11 +62,16 @@ class Generation(namedtuple("Generation", "dev ino fp offset name compression", 
             offset=data["offset"],
             name=data["name"],
             compression=data.get("compression"),
+            # Older states do not say: a compressed generation is then read on from its
+            # offset once (nothing twice), and recorded complete.
+            complete=data.get("complete", False),
         )
         if not isinstance(gen.dev, int) or not isinstance(gen.ino, int):
             raise ValueError("dev and ino must be integers")
         if gen.offset is not None and (not isinstance(gen.offset, int) or gen.offset < 0):
             raise ValueError("offset must be a non-negative integer or null")
+        if not isinstance(gen.complete, bool):
+            raise ValueError("complete must be true or false")
         return gen
 
 
@@ -67,8 +80,9 @@ class Position(namedtuple("Position", "initialized current finished", defaults=(
 
     `current` is the generation being read (normally the live file); None after a rotated
     generation was finished and before the next one was started, or before a first run.
-    `finished` are rotated generations read to their end, kept to recognise them under new names
-    and to pick up lines written to them after the rename. `initialized` separates "first run"
+    `finished` are rotated generations the reader moved past, kept to recognise them under new
+    names and to pick up lines written to them after the rename (their `complete` says whether
+    they were read to their end since). `initialized` separates "first run"
     (what exists is history) from "between generations" (what appears is new).
     """
 

@@ -61,10 +61,24 @@ class Span(namedtuple("Span", "role base gen start file_end length after")):
 
 
 def _advance(base: Position, role: str, gen: Generation, offset: int) -> Position:
-    moved = gen._replace(offset=offset)
+    """`base` with `gen` read up to `offset`, not (yet) known to be read to its end."""
+    moved = gen._replace(offset=offset, complete=False)
     if role == "finished":
         return base.with_finished(moved)
     return base.with_current(moved)
+
+
+def _read_to_end(reached: Position, base: Position, step: Step) -> Position:
+    """The position once `step` was read to its end (`reached`: after its last chunk): a
+    rotated or finished generation is recorded complete, so it is not opened again (unless
+    it grows, for an uncompressed one)."""
+    if step.role == "live":
+        return reached
+    if step.role == "rotated":
+        gen = reached.current if reached is not base and reached.current else step.gen
+        return reached.with_finished(gen._replace(complete=True)).with_current(None)
+    gen = next((g for g in reached.finished if g.fp == step.gen.fp), step.gen)
+    return reached.with_finished(gen._replace(complete=True))
 
 
 class Chunk(namedtuple("Chunk", "data span oversized", defaults=(None,))):
@@ -241,11 +255,7 @@ class LogReader:
                     yield chunk
             except _NotReady:
                 return
-            if step.role == "rotated":
-                gen = (reached.current or step.gen) if reached is not base else step.gen
-                pos = reached.with_finished(gen).with_current(None)
-            else:
-                pos = reached
+            pos = _read_to_end(reached, base, step)
             reading.position = pos
 
     def _read_step(self, step: Step, base: Position, buf: bytearray) -> Iterator[Chunk]:
@@ -294,6 +304,8 @@ class LogReader:
             fh.seek(offset)
         else:
             skipped = _skip(fh, offset, buf)
+            if skipped < offset and step.copy:
+                return  # the bytes past the copy were read from the live file
             if skipped < offset:
                 self._warn(
                     "truncated",
