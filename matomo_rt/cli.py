@@ -104,14 +104,14 @@ def _cmd_import_files(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from matomo_rt import status
+    from matomo_rt import status, status_text
 
     config = _load_config(args)
     report = status.collect(config)
     if args.json:
         print(status.render_json(report), end="")
     else:
-        print(status.render_text(report), end="")
+        print(status_text.render_text(report), end="")
     return status.status_exit_code(report)
 
 
