@@ -1,20 +1,26 @@
-"""Apache httpd and Caddy on loopback ports with private config and state, for the format tests.
+"""Apache httpd and Caddy on loopback ports with private config and state, numbered traffic
+and logrotate's steps, for the format tests against the import_logs.py double
+(tests/e2e/test_servers_end_to_end.py) and against the real Matomo
+(tests/realmatomo/test_servers.py).
 
-Both are the Debian packages' binaries, run in the foreground as the test's children. Apache's
-log formats are read from Debian's own /etc/apache2/apache2.conf (what a user's server has);
-Caddy writes its JSON access log and rolls it itself (`roll_size`), as users run it.
+Both servers are the Debian packages' binaries, run in the foreground as the test's children.
+Apache's log formats are read from Debian's own /etc/apache2/apache2.conf (what a user's server
+has); Caddy writes its JSON access log and rolls it itself (`roll_size`), as users run it.
+
+Deadlines are for a loaded two-core machine: each wait ends as soon as its condition holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -35,14 +41,27 @@ needs_apache = pytest.mark.skipif(
 )
 needs_caddy = pytest.mark.skipif(CADDY is None, reason="Caddy is not installed (apt install caddy)")
 
+#: A server's start or graceful restart on a loaded machine (a restart re-reads the config and
+#: starts new children; connections wait in the listen backlog meanwhile).
+START_DEADLINE = 60.0
+#: One request: it may wait in the backlog for a restarting server's new children.
+REQUEST_TIMEOUT = 30.0
 
-def get(port: int, target: str, host: str, agent: Optional[str] = "Mozilla/5.0") -> int:
+
+def get(
+    port: int,
+    target: str,
+    host: str,
+    agent: Optional[str] = "Mozilla/5.0",
+    extra_headers: Sequence[tuple[str, str]] = (),
+) -> int:
     """One GET on its own connection; the status. Reads until the server closes."""
     head = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
     if agent is not None:
         head += f"User-Agent: {agent}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
     head += "Connection: close\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT) as s:
         s.sendall(head.encode())
         data = b""
         while chunk := s.recv(65536):
@@ -56,12 +75,24 @@ def debian_log_formats() -> str:
     return "\n".join(re.findall(r"^LogFormat .*$", text, re.MULTILINE))
 
 
-class Apache:
-    """apache2 -DFOREGROUND with one site and CustomLog lines given by the test."""
+#: What Apache's parent writes to its error log (at `notice`, whatever the LogLevel) once it
+#: has (re)read its configuration and (re)opened its logs: after start-up and after each
+#: graceful restart.
+APACHE_READY = "resuming normal operations"
 
-    def __init__(self, base: Path, custom_logs: list[tuple[Path, str]]) -> None:
+
+class Apache:
+    """apache2 -DFOREGROUND with one site and CustomLog lines given by the test.
+
+    `server_name` is the virtual host's ServerName: what `%v` (vhost_combined) writes.
+    """
+
+    def __init__(
+        self, base: Path, custom_logs: list[tuple[Path, str]], server_name: str = "test.example"
+    ) -> None:
         self.base = base
         self.custom_logs = custom_logs
+        self.server_name = server_name
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
 
@@ -80,7 +111,7 @@ class Apache:
         conf.write_text(
             f"ServerRoot {b}\nListen 127.0.0.1:{self.port}\nPidFile {b}/run/httpd.pid\n"
             f"DefaultRuntimeDir {b}/run\nErrorLog {b}/error.log\n{mods}{user}"
-            f"ServerName test.example\nDocumentRoot {b}/htdocs\nDirectoryIndex index.html\n"
+            f"ServerName {self.server_name}\nDocumentRoot {b}/htdocs\nDirectoryIndex index.html\n"
             f"<Directory {b}/htdocs>\n  Require all granted\n</Directory>\n"
             f"{debian_log_formats()}\n{logs}\n"
         )
@@ -96,7 +127,17 @@ class Apache:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        wait_for(self._listening, 10, "Apache listening", self.error_log)
+        self._wait_ready(1, "Apache started")
+        wait_for(self._listening, START_DEADLINE, "Apache listening", self.error_log)
+
+    def _wait_ready(self, count: int, what: str) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"Apache exited: {self.error_log()}")
+            return self.error_log().count(APACHE_READY) >= count
+
+        wait_for(ready, START_DEADLINE, what, self.error_log)
 
     def _listening(self) -> bool:
         assert self.proc is not None
@@ -113,9 +154,13 @@ class Apache:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def reopen_logs(self) -> None:
-        """A graceful restart (SIGUSR1, `apache2ctl graceful`): logs are opened anew."""
+        """A graceful restart (SIGUSR1, `apache2ctl graceful`), returned once Apache has
+        reopened its logs: it says so in its error log. (Its parent acts on the signal at its
+        next once-a-second maintenance tick, later on a loaded machine.)"""
         assert self.proc is not None
+        done = self.error_log().count(APACHE_READY)
         self.proc.send_signal(signal.SIGUSR1)
+        self._wait_ready(done + 1, "Apache's graceful restart")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -133,8 +178,10 @@ class Apache:
 
 
 @contextlib.contextmanager
-def running_apache(base: Path, custom_logs: list[tuple[Path, str]]) -> Iterator[Apache]:
-    server = Apache(base, custom_logs)
+def running_apache(
+    base: Path, custom_logs: list[tuple[Path, str]], server_name: str = "test.example"
+) -> Iterator[Apache]:
+    server = Apache(base, custom_logs, server_name)
     server.start()
     try:
         yield server
@@ -144,12 +191,23 @@ def running_apache(base: Path, custom_logs: list[tuple[Path, str]]) -> Iterator[
 
 class Caddy:
     """`caddy run` with a Caddyfile: one site that answers 200, a JSON access log that Caddy
-    rolls at `roll_size` (gzipped, named `<log>-<time>.gz`)."""
+    rolls at `roll_size` (gzipped, named `<log>-<time>.gz`).
 
-    def __init__(self, base: Path, access_log: Path, roll_size: str = "1MiB") -> None:
+    The site is `http://SITE_HOST:PORT`, bound to loopback: Caddy matches the Host header
+    without its port, and logs it as sent (`request.host`).
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        access_log: Path,
+        roll_size: str = "1MiB",
+        site_host: str = "127.0.0.1",
+    ) -> None:
         self.base = base
         self.access_log = access_log
         self.roll_size = roll_size
+        self.site_host = site_host
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
 
@@ -160,7 +218,8 @@ class Caddy:
         conf.write_text(
             "{\n\tadmin off\n\tauto_https off\n"
             f"\tstorage file_system {self.base / 'data'}\n}}\n"
-            f'http://127.0.0.1:{self.port} {{\n\trespond "ok" 200\n\tlog {{\n'
+            f"http://{self.site_host}:{self.port} {{\n\tbind 127.0.0.1\n"
+            '\trespond "ok" 200\n\tlog {\n'
             f"\t\toutput file {self.access_log} {{\n\t\t\troll_size {self.roll_size}\n"
             "\t\t\troll_keep 100\n\t\t}\n\t\tformat json\n\t}\n}\n"
         )
@@ -180,11 +239,12 @@ class Caddy:
                 env=env,
                 cwd=self.base,
             )
-        wait_for(self._listening, 15, "Caddy listening", lambda: self.stderr.read_text())
+        wait_for(self._listening, START_DEADLINE, "Caddy listening", self.stderr.read_text)
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """The Host header for the site."""
+        return f"{self.site_host}:{self.port}"
 
     def _listening(self) -> bool:
         assert self.proc is not None
@@ -210,10 +270,66 @@ class Caddy:
 
 
 @contextlib.contextmanager
-def running_caddy(base: Path, access_log: Path) -> Iterator[Caddy]:
-    server = Caddy(base, access_log)
+def running_caddy(base: Path, access_log: Path, site_host: str = "127.0.0.1") -> Iterator[Caddy]:
+    server = Caddy(base, access_log, site_host=site_host)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+# -- traffic and rotation -------------------------------------------------------------------
+
+AGENTS = ["Mozilla/5.0 (X11; Linux x86_64)", 'Agent "quoted" \\slash', None, "Ünïcødé/1.0"]
+_NUMBER = re.compile(r"(?:[?&]n=|/missing/)(\d+)")
+
+
+def request_number(text: str) -> Optional[int]:
+    """The number a Traffic request carries (`?n=N` or `/missing/N`), in a log line or a URL."""
+    m = _NUMBER.search(text)
+    return int(m.group(1)) if m else None
+
+
+class Traffic:
+    """Numbered requests, a 404 now and then, user agents of every kind (or none).
+
+    `pad` adds a header of that many bytes to each request: servers that log request headers
+    (Caddy) then reach a size-based roll with fewer requests.
+    """
+
+    def __init__(self, port: int, host: str, missing: int = 404, pad: int = 0) -> None:
+        self.port, self.host, self.missing = port, host, missing
+        self.headers = [("X-Pad", "p" * pad)] if pad else []
+        self.sent: list[int] = []
+
+    def send(self, count: int) -> None:
+        for _ in range(count):
+            n = len(self.sent)
+            # (not `q=`: Matomo takes q, s, search, keyword… as a site search, without URL)
+            target = f"/missing/{n}" if n % 7 == 3 else f"/?n={n}&v=%22x%22"
+            code = get(self.port, target, self.host, AGENTS[n % len(AGENTS)], self.headers)
+            assert code == (self.missing if n % 7 == 3 else 200), (target, code)
+            self.sent.append(n)
+
+    def until_logged_in(self, path: Path) -> None:
+        """Send until a request lands in `path` (after a rotation: the server reopened)."""
+
+        def landed() -> bool:
+            if path.exists() and path.stat().st_size > 0:
+                return True
+            self.send(1)
+            return False
+
+        wait_for(landed, START_DEADLINE, f"a request logged in the new {path.name}")
+
+
+def rotate(log: Path) -> None:
+    """logrotate's steps with delaycompress: .1 -> .2.gz (compressed), live -> .1."""
+    one = log.with_name(log.name + ".1")
+    if one.exists():
+        two = log.with_name(log.name + ".2.gz")
+        with open(one, "rb") as src, gzip.open(two, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        one.unlink()
+    log.rename(one)

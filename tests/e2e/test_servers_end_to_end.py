@@ -10,10 +10,8 @@ and records the lines Matomo would hold. Each request carries its number (`?n=N`
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
-import shutil
 import signal
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,48 +20,27 @@ import pytest
 
 from tests.e2e.harness import Rig, wait_for
 from tests.e2e.nginx import needs_nginx, running_nginx, traversable_dir
-from tests.e2e.servers import get, needs_apache, needs_caddy, running_apache, running_caddy
+from tests.e2e.servers import (
+    START_DEADLINE,
+    Traffic,
+    needs_apache,
+    needs_caddy,
+    request_number,
+    rotate,
+    running_apache,
+    running_caddy,
+)
 
 pytestmark = pytest.mark.e2e
-
-AGENTS = ["Mozilla/5.0 (X11; Linux x86_64)", 'Agent "quoted" \\slash', None, "Ünïcødé/1.0"]
-_NUMBER = re.compile(rb"(?:[?&]n=|/missing/)(\d+)")
-
-
-class Traffic:
-    """Numbered requests, a 404 now and then, user agents of every kind (or none)."""
-
-    def __init__(self, port: int, host: str, missing: int = 404) -> None:
-        self.port, self.host, self.missing = port, host, missing
-        self.sent: list[int] = []
-
-    def send(self, count: int) -> None:
-        for _ in range(count):
-            n = len(self.sent)
-            target = f"/missing/{n}" if n % 7 == 3 else f"/?n={n}&q=%22x%22"
-            code = get(self.port, target, self.host, AGENTS[n % len(AGENTS)])
-            assert code == (self.missing if n % 7 == 3 else 200), (target, code)
-            self.sent.append(n)
-
-    def until_logged_in(self, path: Path) -> None:
-        """Send until a request lands in `path` (after a rotation: the server reopened)."""
-
-        def landed() -> bool:
-            if path.exists() and path.stat().st_size > 0:
-                return True
-            self.send(1)
-            return False
-
-        wait_for(landed, 10, f"a request logged in the new {path.name}")
 
 
 def numbers(recorded: list[bytes], belongs: Callable[[bytes], bool]) -> list[int]:
     out = []
     for line in recorded:
         if belongs(line):
-            m = _NUMBER.search(line)
-            assert m, line
-            out.append(int(m.group(1)))
+            n = request_number(line.decode("utf-8", "replace"))
+            assert n is not None, line
+            out.append(n)
     return out
 
 
@@ -96,7 +73,7 @@ def start(rig: Rig, logs: str, batch_lines: int = 50):
     names = re.findall(r'^name = "(.*)"$', logs, re.MULTILINE)
     for name in names:
         state = rig.state / f"{name}.state.json"
-        wait_for(state.exists, 30, f"the first pass of log {name}", service.describe)
+        wait_for(state.exists, START_DEADLINE, f"the first pass of log {name}", service.describe)
     return service
 
 
@@ -107,18 +84,12 @@ def stop(service) -> None:
 
 
 def wait_recorded(rig: Rig, service, count: int) -> None:
-    wait_for(lambda: len(rig.recorded()) >= count, 30, f"{count} lines recorded", service.describe)
-
-
-def rotate(log: Path) -> None:
-    """logrotate's steps with delaycompress: .1 -> .2.gz (compressed), live -> .1."""
-    one = log.with_name(log.name + ".1")
-    if one.exists():
-        two = log.with_name(log.name + ".2.gz")
-        with open(one, "rb") as src, gzip.open(two, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        one.unlink()
-    log.rename(one)
+    wait_for(
+        lambda: len(rig.recorded()) >= count,
+        START_DEADLINE,
+        f"{count} lines recorded",
+        service.describe,
+    )
 
 
 def _logs_block(name: str, path: Path, fmt: str, extra: str = "") -> str:
@@ -192,12 +163,13 @@ def test_caddy_json_rolled_by_caddy(rig: Rig) -> None:
         access = logs / "access"
         with running_caddy(base, access) as caddy:
             service = start(rig, _logs_block("caddy", access, "caddy_json"), batch_lines=500)
-            traffic = Traffic(caddy.port, caddy.host, missing=200)  # Caddy answers all
-            traffic.send(200)
-            wait_recorded(rig, service, 100)  # matomo-rt is reading while Caddy rolls
+            # Caddy answers all; it logs the request headers: 4 KB of padding a line
+            traffic = Traffic(caddy.port, caddy.host, missing=200, pad=4000)
+            traffic.send(60)
+            wait_recorded(rig, service, 30)  # matomo-rt is reading while Caddy rolls
             rolled: Optional[list[Path]] = None
-            while not rolled:  # about 2,300 requests make the 1 MiB roll_size
-                traffic.send(100)
+            while not rolled:  # about 250 requests make the 1 MiB roll_size
+                traffic.send(30)
                 rolled = [p for p in logs.iterdir() if p.name.endswith(".gz")]
             traffic.send(30)
             wait_recorded(rig, service, len(traffic.sent))

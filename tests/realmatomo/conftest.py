@@ -52,3 +52,14 @@ def scene(matomo: localmatomo.Matomo) -> Iterator[Scene]:
             yield s
         finally:
             s.cleanup()
+
+
+@pytest.fixture
+def bare_scene(matomo: localmatomo.Matomo) -> Iterator[Scene]:
+    """A new site and matomo-rt's directories, no web server: the test starts its own."""
+    with traversable_dir("matomo-rt-real-") as base:
+        s = Scene(base, matomo)
+        try:
+            yield s
+        finally:
+            s.cleanup()

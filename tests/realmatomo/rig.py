@@ -83,8 +83,12 @@ class Scene:
         archive: bool = False,
         url: Optional[str] = None,
         extra_import: str = "",
+        logs: Optional[str] = None,
     ) -> Path:
+        """The scene's configuration; `logs` replaces its one `[[logs]]` (nginx's access log)."""
         q = json.dumps
+        if logs is None:
+            logs = f'[[logs]]\nname = "access"\npath = {q(str(self.log))}\n'
         text = f"""\
 [matomo]
 url = {q(url or self.matomo.url)}
@@ -110,10 +114,7 @@ dir = {q(str(self.state))}
 [service]
 stop_timeout = "60s"
 
-[[logs]]
-name = "access"
-path = {q(str(self.log))}
-"""
+{logs}"""
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, self.config_path)
