@@ -97,7 +97,7 @@ class Service:
         self.tokens: Optional[TokenFile] = None
         self._tokens_lock = threading.Lock()
         #: What the last core:archive run did (read from its state once, then kept here).
-        self.archive = archiver.load_facts(config)
+        self.archive = dataclasses.replace(archiver.load_facts(config), watched_since=time.time())
         self.metrics = metrics.registry(
             metrics.ServiceCollector(
                 lambda: list(self.sources.values()),
@@ -429,7 +429,14 @@ class Service:
                 try:
                     self.sources = self._open(new)
                     self.config = new
-                    self.archive = dataclasses.replace(self.archive, enabled=new.archive.enabled)
+                    self.archive = dataclasses.replace(
+                        self.archive,
+                        enabled=new.archive.enabled,
+                        # Archiving just switched on: expected from now, not from the start.
+                        watched_since=self.archive.watched_since
+                        if self.archive.enabled
+                        else time.time(),
+                    )
                 except Exception as exc:
                     log.error("reload: %s; keeping the running configuration", exc)
                     try:

@@ -20,7 +20,7 @@ from matomo_rt import health
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
 from matomo_rt.logstate import auth_key, format_name, state_paths
 from matomo_rt.status_text import age, render_text
-from matomo_rt.store import StateError, load_state, lock_holder
+from matomo_rt.store import StateError, load_state, lock_holder, process_started
 from matomo_rt.tail.position import lag_bytes
 from matomo_rt.workers import OpenBatch
 
@@ -57,7 +57,7 @@ def collect(config: Config, now: Optional[float] = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     token_key = _currentauth_key(config)
     logs = [_collect_log(config, log_config, now, token_key) for log_config in config.logs]
-    archive = _collect_archive(config, now)
+    archive = _collect_archive(config, now, _service_started(logs))
     return {
         "time": now,
         "config": str(config.source),
@@ -254,7 +254,16 @@ def _quarantine(path: Path) -> Optional[dict[str, Any]]:
     return {"path": str(path), "lines": lines}
 
 
-def _collect_archive(config: Config, now: float) -> dict[str, Any]:
+def _service_started(logs: list[dict[str, Any]]) -> Optional[float]:
+    """When the process holding the logs' locks (the service, most likely) started: from then
+    on a core:archive run is expected. None when no process holds one."""
+    started = [process_started(e["pid"]) for e in logs if e["running"] and e["pid"]]
+    return min((t for t in started if t is not None), default=None)
+
+
+def _collect_archive(
+    config: Config, now: float, watched_since: Optional[float] = None
+) -> dict[str, Any]:
     from matomo_rt.archiver import archive_paths
 
     state_path, lock_path = archive_paths(config)
@@ -297,6 +306,7 @@ def _collect_archive(config: Config, now: float) -> dict[str, Any]:
         last_success=entry["last_success"],
         failures=entry["failures"],
         last_duration=run.get("duration"),
+        watched_since=watched_since,
     )
     _judged(entry, health.judge_archive(facts, now, config.health))
     return entry

@@ -157,6 +157,23 @@ def describe_process(pid: Optional[int]) -> str:
     return f"pid {pid} ({command})" if command else f"pid {pid}"
 
 
+def process_started(pid: int) -> Optional[float]:
+    """When process `pid` started (Unix time), from /proc; None if it is gone or unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        # Field 22 (starttime, in clock ticks after boot); the command name before it, in
+        # parentheses, may hold spaces: count from the last ")".
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def lock_holder(lock_path: Path) -> tuple[bool, Optional[int]]:
     """(held, pid): whether a process holds the flock on `lock_path`, and which, if known.
 

@@ -217,3 +217,20 @@ def test_archive_failing_and_stale() -> None:
     assert "since 4h ago" in verdict.problems[0].message
     assert judge_archive(ArchiveFacts(True), NOW).healthy  # never ran: not stale yet
     assert judge_archive(ArchiveFacts(False, runs=3, last_success=NOW - 10**6), NOW).healthy
+
+
+def test_an_archive_that_never_succeeded_is_stale_counted_from_the_service_s_start() -> None:
+    """core:archive never ran to success (never ran at all: a schedule that does not fire, an
+    archive job that fails before it records a run): stale once archive_stale_after has passed
+    since the service started watching, not only after a first recorded run."""
+    never = ArchiveFacts(True, watched_since=NOW - 4 * 3600)
+    verdict = judge_archive(never, NOW)
+    assert kinds(verdict) == {health.ARCHIVE_STALE}
+    [problem] = verdict.problems
+    assert "no core:archive run has succeeded since the service started 4h ago" in problem.message
+    assert "matomo-rt -v archive" in problem.fix and "archive.schedule" in problem.fix
+    assert judge_archive(ArchiveFacts(True, watched_since=NOW - 60), NOW).healthy
+    assert judge_archive(ArchiveFacts(False, watched_since=NOW - 10**6), NOW).healthy
+    # A success before the service started counts as usual.
+    earlier = ArchiveFacts(True, runs=1, last_success=NOW - 60, watched_since=NOW - 4 * 3600)
+    assert judge_archive(earlier, NOW).healthy

@@ -345,6 +345,22 @@ def test_status_never_makes_a_starting_instance_see_a_held_lock(tmp_path: Path) 
         watcher.join()
 
 
+def test_an_archive_that_never_ran_is_stale_once_the_service_ran_long_enough(
+    lock_holder: tuple[Config, subprocess.Popen[bytes]],
+) -> None:
+    """No archive state at all while the service (the logs' lock holder) runs: stale once
+    health.archive_stale_after has passed since that process started."""
+    config, proc = lock_holder
+    started = store.process_started(proc.pid)
+    assert started is not None and abs(started - time.time()) < 60
+    soon = status.collect(config, now=started + 60)["archive"]
+    assert soon["healthy"], soon["problems"]
+    late = status.collect(config, now=started + config.health.archive_stale_after + 60)
+    assert [p["kind"] for p in late["archive"]["problems"]] == ["archive_stale"]
+    assert "since the service started 3h ago" in status.render_text(late)
+    assert status.status_exit_code(late) == 1
+
+
 # -- archive -------------------------------------------------------------------------------
 
 

@@ -261,6 +261,8 @@ def log_facts(
 
 @dataclass(frozen=True)
 class ArchiveFacts:
+    """What core:archive did (its state, or the service's memory of it)."""
+
     enabled: bool
     state_error: Optional[str] = None
     runs: int = 0
@@ -270,3 +272,6 @@ class ArchiveFacts:
     last_success: Optional[float] = None
     failures: int = 0
     last_duration: Optional[float] = None
+    #: Since when a run is expected: the service's start (None: no service runs). A
+    #: core:archive that never succeeded is stale once archive_stale_after has passed since.
+    watched_since: Optional[float] = None

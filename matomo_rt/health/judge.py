@@ -220,15 +220,40 @@ def judge_archive(facts: ArchiveFacts, now: float, settings: Settings = DEFAULTS
                 "run `matomo-rt -v archive` to see core:archive's output",
             )
         )
-    if facts.enabled and facts.runs:
-        last = facts.last_success
-        if last is None or now - last >= settings.archive_stale_after:
-            what = "never" if last is None else f"{_ago(now - last)} ago"
-            problems.append(
-                Problem(
-                    ARCHIVE_STALE,
-                    f"no successful core:archive run since {what}",
-                    "check that the service (or the archive timer) runs and archive.schedule",
-                )
-            )
+    stale = _archive_stale(facts, now, settings.archive_stale_after)
+    if stale is not None:
+        problems.append(stale)
     return Verdict("archive", tuple(problems))
+
+
+def _archive_stale(facts: ArchiveFacts, now: float, after: float) -> Optional[Problem]:
+    """No successful run for `after`: counted from the last success, or, when none ever
+    succeeded, from the service's start (a run that never happens records nothing)."""
+    if not facts.enabled:
+        return None
+    last = facts.last_success
+    if last is not None:
+        if now - last < after:
+            return None
+        what = f"no successful core:archive run since {_ago(now - last)} ago"
+    elif facts.runs:
+        runs = f"{facts.runs:,} run{'s' if facts.runs > 1 else ''}"
+        what = f"no core:archive run has ever succeeded ({runs})"
+    elif facts.watched_since is not None and now - facts.watched_since >= after:
+        what = (
+            "no core:archive run has succeeded since the service started"
+            f" {_ago(now - facts.watched_since)} ago"
+        )
+        return Problem(
+            ARCHIVE_STALE,
+            what,
+            "check archive.schedule, and run `matomo-rt -v archive` to see whether core:archive"
+            " can run at all",
+        )
+    else:
+        return None
+    return Problem(
+        ARCHIVE_STALE,
+        what,
+        "check that the service (or the archive timer) runs and archive.schedule",
+    )

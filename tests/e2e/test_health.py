@@ -258,6 +258,37 @@ def test_a_log_never_read_is_a_problem_with_the_next_step(rig):
 
 
 # ------------------------------------------------------------------------------------------
+# core:archive never succeeded since the service started
+# ------------------------------------------------------------------------------------------
+
+
+def test_an_archive_that_never_ran_is_stale_from_the_service_s_start(rig):
+    """No core:archive run ever recorded (here: a schedule that does not fire; in life also an
+    archive job failing before it records a run): stale once health.archive_stale_after has
+    passed since the service started, in its log (once), its metrics and `status`."""
+    log = rig.logs / "access.log"
+    append(log, [access_line("/p/0")])
+    prom = rig.base / "matomo_rt.prom"
+    rig.write_config(
+        [("access", log)],
+        archive_schedule="0 0 1 1 *",
+        extra=f'\n[metrics]\ntextfile = "{prom}"\n\n[health]\narchive_stale_after = "2s"\n',
+    )
+    service = rig.start("-vv", "run")
+    line = "ERROR: archive: no core:archive run has succeeded since the service started"
+    service.wait_log(line, timeout=20)
+    stale = 'matomo_rt_archive_problem{problem="archive_stale"} 1.0'
+    wait_for(lambda: prom.exists() and stale in prom.read_text(), 10, "the textfile")
+    status = rig.run("status")
+    assert status.returncode == 1, status.stdout
+    assert "archive: no core:archive run has succeeded since the service started" in status.stdout
+    ticks(service, 2)
+    assert service.log().count(line) == 1, service.log()
+    service.send(signal.SIGTERM)
+    assert service.wait(15) == 0
+
+
+# ------------------------------------------------------------------------------------------
 # `archive` is not minutes of silence
 # ------------------------------------------------------------------------------------------
 
