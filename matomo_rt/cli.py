@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="import closed log files (history: plain, .gz, .bz2, .xz) once each",
         description="Import each FILE once, oldest first, with the same commit protocol as "
         "the live logs: resumable at batch granularity after a crash or Ctrl-C (run the same "
-        "command again), a progress bar with ETA on a terminal, a closing table per file. A "
+        "command again), progress while it reads every file for its identity and then imports "
+        "them (a bar with ETA on a terminal, a line every 10 s otherwise), a closing table per "
+        "file. A "
         "file is known by its content, so a renamed or compressed file is not imported twice "
         "('already imported'); files a configured log reads itself are refused with the "
         "reason. Format, site and flags: --format/--idsite, else those of the configured log "

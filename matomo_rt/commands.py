@@ -10,6 +10,7 @@ from typing import Optional
 from matomo_rt import health
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.matomo import importer
+from matomo_rt.meter import eta
 from matomo_rt.pipeline import PassReport, Source, open_sources
 from matomo_rt.store import ensure_dir
 from matomo_rt.tail import LockedError
@@ -40,26 +41,17 @@ class _Progress:
         # The rate of everything committed so far: with import.workers, all of them together.
         rate = done / elapsed
         pct = 100.0 * done / self.total if self.total else 100.0
-        eta = f", {_eta(left / rate)} left" if rate > 0 and left > 0 else ""
+        left_text = f", {eta(left / rate)} left" if rate > 0 and left > 0 else ""
         sys.stderr.write(
             f"\r{self.source.name}: {done / 1e6:,.0f} of {self.total / 1e6:,.0f} MB ({pct:.0f}%),"
             f" {report.lines_read:,} lines, {report.lines_read / elapsed:,.0f} lines/s"
-            f"{eta}   "
+            f"{left_text}   "
         )
         sys.stderr.flush()
 
     def finish(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
-
-
-def _eta(seconds: float) -> str:
-    """About how long: "45s", "12m", "3h 20m"."""
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    return f"{int(seconds // 3600)}h {int(seconds % 3600 // 60)}m"
 
 
 def run_import(config: Config, names: Optional[list[str]], dry_run: bool = False) -> int:

@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from matomo_rt import ledger
 from matomo_rt.pipeline import MAX_LINE_BYTES
@@ -51,8 +51,11 @@ class HistoryFile:
         return Generation(self.dev, self.ino, fp, 0, self.path.name, self.compression)
 
 
-def survey(path: Path) -> HistoryFile:
-    """Identity of `path`, read through its compression; OSError/ValueError name the problem."""
+def survey(path: Path, on_read: Optional[Callable[[int], None]] = None) -> HistoryFile:
+    """Identity of `path`, read through its compression; OSError/ValueError name the problem.
+
+    `on_read` is told, after each piece, how many bytes of the file on disk were read: the
+    whole file is read, which takes a while for a large compressed one."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise ValueError("not a regular file")
@@ -68,6 +71,8 @@ def survey(path: Path) -> HistoryFile:
                 if len(head) < FINGERPRINT_BYTES:
                     head += piece[: FINGERPRINT_BYTES - len(head)]
                 length += len(piece)
+                if on_read is not None:  # the descriptor's offset: compressed bytes consumed
+                    on_read(os.lseek(fh.fileno(), 0, os.SEEK_CUR))
         except (EOFError, OSError) as exc:
             if isinstance(exc, PermissionError):
                 raise

@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from matomo_rt import formats, ledger
 from matomo_rt.config import Config, ConfigError, LogConfig, import_problems, load_token
 from matomo_rt.history import FileReader, HistoryFile, survey, time_order
+from matomo_rt.import_files_view import Checking, Progress, Row, write_table
 from matomo_rt.matomo import importer
-from matomo_rt.pipeline import PassReport, Source
+from matomo_rt.pipeline import Source
 from matomo_rt.store import LockedError, StateError, ensure_dir, load_state
 from matomo_rt.tail.position import Position, stored_position
 from matomo_rt.tail.reader import Batch
@@ -29,7 +29,6 @@ from matomo_rt.tail.reader import Batch
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_NOINPUT, EXIT_TEMPFAIL = 0, 1, 66, 75
-PROGRESS_EVERY = 10.0  # seconds between progress lines when not on a terminal
 
 
 # -- one file as a Source ------------------------------------------------------------------
@@ -124,15 +123,6 @@ class HistorySource(Source):
 # -- the command ----------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    """One line of the closing table."""
-
-    path: Path
-    status: str
-    stats: dict[str, Any]
-
-
 def run_import_files(
     config: Config,
     paths: list[Path],
@@ -153,9 +143,10 @@ def run_import_files(
     rows: list[Row] = []
     code = EXIT_OK
     seen: dict[str, Path] = {}
+    checking = Checking(paths, err)
     for path in paths:
         try:
-            f = survey(path)
+            f = survey(path, checking.reader(path))
         except FileNotFoundError:
             rows.append(Row(path, "no such file", {}))
             code = max(code, EXIT_NOINPUT)
@@ -181,6 +172,7 @@ def run_import_files(
             code = max(code, EXIT_FAILURE)
             continue
         files.append(f)
+    checking.finish()
 
     sources = [_source(config, f, fmt_override, idsite, token) for f in time_order(files)]
     todo: list[HistorySource] = []
@@ -288,6 +280,7 @@ def _import_file(source: HistorySource, progress: Progress, stop: _StopFlag) -> 
             return "stopped (resumes where it stopped)"
         try:
             report = source.run_pass(should_stop=lambda: stop.requested, on_batch=progress.batch)
+            progress.pass_done(report)
         except StateError as exc:
             log.error("%s: %s", source.file.path, exc)
             return f"failed: {exc}"
@@ -329,99 +322,3 @@ class _StopFlag:
 
     def installed(self) -> _StopFlag._Installed:
         return _StopFlag._Installed(self)
-
-
-class Progress:
-    """A progress bar with ETA over all files on a terminal; a line every 10 s otherwise."""
-
-    def __init__(self, sources: list[HistorySource], err: TextIO) -> None:
-        self.err = err
-        self.tty = hasattr(err, "isatty") and err.isatty()
-        self.total = sum(s.file.length - s.offset for s in sources) or 1
-        self.files = len(sources)
-        self.done_before = 0  # bytes of files finished in this run
-        self.index = 0
-        self.source: Optional[HistorySource] = None
-        self.start_offset = 0
-        self.started = time.monotonic()
-        self.last_line = 0.0
-
-    def start(self, source: HistorySource) -> None:
-        if self.source is not None:
-            self.done_before += self.source.offset - self.start_offset
-        self.source = source
-        self.start_offset = source.offset
-        self.index += 1
-        self.show(force=True)
-
-    def batch(self, report: PassReport) -> None:
-        self.show()
-
-    def done_bytes(self) -> int:
-        current = 0 if self.source is None else self.source.offset - self.start_offset
-        return self.done_before + current
-
-    def show(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.tty and not force and now - self.last_line < PROGRESS_EVERY:
-            return
-        self.last_line = now
-        done = self.done_bytes()
-        elapsed = now - self.started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else None
-        pct = 100.0 * done / self.total
-        name = self.source.file.path.name if self.source else ""
-        text = (
-            f"{pct:5.1f}% {done / 1e6:,.1f} of {self.total / 1e6:,.1f} MB,"
-            f" file {self.index}/{self.files} {name}, ETA {_duration(eta)}"
-        )
-        if self.tty:
-            width = 24
-            filled = int(width * done / self.total)
-            self.err.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}   ")
-        else:
-            self.err.write(f"import-files: {text}\n")
-        self.err.flush()
-
-    def finish(self) -> None:
-        if self.tty and self.files:
-            self.show(force=True)
-            self.err.write("\n")
-            self.err.flush()
-
-
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
-def write_table(rows: list[Row], out: TextIO) -> None:
-    """The closing table: per file, lines, imported, ignored (by reason), quarantined."""
-    header = ("file", "lines", "imported", "ignored", "quarantined", "status")
-    table = [header]
-    for row in rows:
-        s = row.stats
-        by = s.get("ignored_by") or {}
-        reasons = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(by.items()) if v)
-        ignored = str(s.get("ignored", 0)) + (f" ({reasons})" if reasons else "")
-        table.append(
-            (
-                str(row.path),
-                str(s.get("lines_read", 0)) if s else "-",
-                str(s.get("imported", 0)) if s else "-",
-                ignored if s else "-",
-                str(s.get("quarantined", 0)) if s else "-",
-                row.status,
-            )
-        )
-    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
-    for r in table:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        out.write("  ".join(cells) + "  " + r[-1] + "\n")

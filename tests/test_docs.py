@@ -87,3 +87,35 @@ def test_readme_runs_check_as_check_and_init_advise() -> None:
     from matomo_rt.check import RUN_AS_SERVICE
 
     assert RUN_AS_SERVICE in (ROOT / "README.md").read_text()
+
+
+def _outcome_references() -> list[tuple[Path, str]]:
+    """(test file, test name) for every test docs/outcomes.md names: `prefix::test_x` with the
+    prefixes its introduction defines, or `tests/…py::test_x` in full."""
+    text = (ROOT / "docs" / "outcomes.md").read_text()
+    prefixes = dict(re.findall(r"`(\w+)` is\s+`(tests/[\w/]+\.py)`", text))
+    refs = []
+    for module, name in re.findall(r"`([\w/.]+)::(test_\w+)`", text):
+        path = module if module.endswith(".py") else prefixes.get(module)
+        assert path is not None, f"docs/outcomes.md: no file given for `{module}::`"
+        refs.append((ROOT / path, name))
+    return refs
+
+
+def test_outcomes_names_only_tests_that_exist() -> None:
+    refs = _outcome_references()
+    assert len(refs) > 50
+    missing = [
+        f"{path.relative_to(ROOT)}::{name}"
+        for path, name in refs
+        if not path.is_file() or not re.search(rf"^def {name}\(", path.read_text(), re.MULTILINE)
+    ]
+    assert not missing, f"docs/outcomes.md names tests that do not exist: {missing}"
+
+
+def test_every_fault_test_file_has_its_rows_in_reliability() -> None:
+    """docs/reliability.md is regenerated from a run of the whole fault suite: a fault test
+    file without a row there was added after the last run (tests/faults/report.py)."""
+    files = sorted(p.name for p in (ROOT / "tests" / "faults").glob("test_*.py"))
+    reliability = (ROOT / "docs" / "reliability.md").read_text()
+    assert [f for f in files if f"`{f}`" not in reliability] == []

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from matomo_rt import history, meter
 from matomo_rt.config import ConfigError, load
 from matomo_rt.history import FileReader, survey, time_order
 from matomo_rt.import_files import run_import_files
@@ -434,3 +435,68 @@ def test_a_file_history_started_stays_history_s_under_start_at_oldest(rig: Rig) 
     code, table = rig.run(config, rig.logs / "access.log.2.gz")
     assert code == 0, table
     assert Counter(rig.recorded()) == Counter(expected)
+
+
+# -- what it shows while it works -----------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _three_files(rig: Rig) -> list[Path]:
+    return [
+        write(rig.logs / "access.log.3.xz", b"".join(lines("three", 300)), mtime=1000),
+        write(rig.logs / "access.log.2.gz", b"".join(lines("two", 300)), mtime=1001),
+        write(rig.logs / "access.log.1", b"".join(lines("one", 300)), mtime=1002),
+    ]
+
+
+def _percentages(draws: list[str], label: str) -> list[int]:
+    return [int(d.split(label, 1)[1].split("%", 1)[0]) for d in draws if f" {label} " in d]
+
+
+def test_checking_the_files_shows_a_bar_on_a_terminal(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file is read whole for its identity before the import starts: on weeks of .gz
+    files that takes minutes, measured in bytes on disk, with the file being read."""
+    monkeypatch.setattr(history, "READ_BYTES", 4096)  # many pieces from small files
+    monkeypatch.setattr(meter, "TTY_EVERY", 0.0)
+    files = _three_files(rig)
+    terminal = _Terminal()
+    code = run_import_files(rig.config(batch_lines=200), files, out=io.StringIO(), err=terminal)
+    assert code == 0 and len(rig.recorded()) == 900
+    draws = [d for d in terminal.getvalue().split("\r") if d.strip()]
+    checking = _percentages(draws, "checking")
+    assert len(checking) >= 6 and checking == sorted(checking) and checking[-1] == 100
+    assert all(d.startswith("[") for d in draws)
+    shown = terminal.getvalue()
+    for n, f in enumerate(files, 1):
+        assert f"file {n}/3 {f.name}" in shown
+    on_disk = sum(f.stat().st_size for f in files)
+    assert f"checking 100% {on_disk / 1e6:,.1f} of {on_disk / 1e6:,.1f} MB" in shown
+    assert _percentages(draws, "importing")[-1] == 100  # then the import's own bar
+    assert shown.index(" checking ") < shown.index(" importing ")
+    assert " lines/s" in draws[-1]
+
+
+def test_checking_the_files_writes_progress_lines_elsewhere(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history, "READ_BYTES", 4096)
+    monkeypatch.setattr(meter, "PROGRESS_EVERY", 0.0)  # a line at every piece read
+    err = io.StringIO()
+    code = run_import_files(rig.config(), _three_files(rig), out=io.StringIO(), err=err)
+    assert code == 0
+    checking = [x for x in err.getvalue().splitlines() if x.startswith("import-files: checking")]
+    assert len(checking) >= 6 and "\r" not in err.getvalue()
+    assert checking[-1].startswith("import-files: checking 100%")
+    assert checking[-1].endswith("3 files")
+
+
+def test_a_quick_check_writes_no_progress_lines(rig: Rig) -> None:
+    err = io.StringIO()
+    assert run_import_files(rig.config(), _three_files(rig), out=io.StringIO(), err=err) == 0
+    assert " checking " not in err.getvalue()

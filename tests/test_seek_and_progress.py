@@ -156,14 +156,3 @@ def test_a_large_backlog_on_a_terminal_shows_progress(
     assert all(" lines/s" in u for u in updates)
     assert " left" in updates[0] and " left" not in updates[-1]  # an ETA until done
     assert terminal.text.endswith("\n")
-
-
-def test_the_eta_reads_at_a_glance() -> None:
-    assert [commands._eta(s) for s in (5, 59.4, 600, 3599, 3600, 12_000)] == [
-        "5s",
-        "59s",
-        "10m",
-        "60m",
-        "1h 0m",
-        "3h 20m",
-    ]

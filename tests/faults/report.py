@@ -17,7 +17,7 @@ Written by `tests/faults/report.py` from the rows the fault suite (`tests/faults
 `e2e`) wrote during a real run. Regenerate it with:
 
     rm -f out.jsonl
-    MATOMO_RT_FAULTS_RESULTS=out.jsonl .venv/bin/python -m pytest tests/faults
+    MATOMO_RT_FAULTS_RESULTS=out.jsonl .venv/bin/python -m pytest -n 2 tests/faults
     .venv/bin/python tests/faults/report.py out.jsonl > docs/reliability.md
 
 Knobs: `MATOMO_RT_FAULTS_BUDGET=SECONDS` (time for the randomised SIGKILL test, default 40),
@@ -28,7 +28,7 @@ Knobs: `MATOMO_RT_FAULTS_BUDGET=SECONDS` (time for the randomised SIGKILL test, 
 "duplicated" counts recorded copies beyond the first. "Bound" is what DESIGN.md §3 allows.
 """
 
-COLUMNS = ("fault", "iterations", "written", "lost", "duplicated", "bound")
+COLUMNS = ("fault", "iterations", "written", "lost", "duplicated", "bound", "test")
 
 
 LIMITS = """
@@ -49,11 +49,20 @@ def cell(value: object) -> str:
     return text.replace("|", "\\|")
 
 
+def test_file(nodeid: str) -> str:
+    """`tests/faults/test_kill.py::test_x[2]` -> `test_kill.py`."""
+    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+
+
 def main(path: str) -> int:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    # By test id, so a run with -n N (rows in the order tests end) reads the same.
+    rows.sort(key=lambda row: row.get("test", ""))
     out = [HEAD, "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        out.append("| " + " | ".join(cell(row.get(c, "")) for c in COLUMNS) + " |")
+        cells = [cell(row.get(c, "")) for c in COLUMNS[:-1]]
+        cells.append(f"`{test_file(row.get('test', ''))}`")
+        out.append("| " + " | ".join(cells) + " |")
     notes = [row for row in rows if row.get("notes")]
     if notes:
         out.append("\n## Notes from the run\n")
