@@ -255,7 +255,15 @@ class _Plan:
     def find(self, gen: Generation) -> Optional[Candidate]:
         """The generation's file: by inode if it still starts as it did, else by its head
         under a new name or compressed (`compress` frees the inode of the file it compressed,
-        and a later .gz or live file may get it)."""
+        and a later .gz or live file may get it).
+
+        A generation that was empty when last seen has no head to check, only an inode that
+        may have been freed and reused since (by a copy of the live file, say): it is never
+        found. Whatever its file holds now is no news to it: lines written there after the
+        rename are content of unknown head, which `rotated_since` reads once like any other.
+        """
+        if gen.fp.length == 0:
+            return None
         c = next((c for c in self.cands if gen.same_file(c.dev, c.ino)), None)
         if c is not None and _head_ok(gen, c):
             return c
@@ -338,6 +346,8 @@ class _Plan:
 
     def _current_moved(self, pos: Position, current: Generation) -> Position:
         offset = current.offset or 0
+        if current.fp.length == 0 and offset == 0:
+            return pos.with_current(None)  # nothing was read from it: nothing to finish
         c = self.find(current)
         live = self.live
         if c is not None:

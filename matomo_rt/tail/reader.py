@@ -76,6 +76,8 @@ def _read_to_end(reached: Position, base: Position, step: Step) -> Position:
         return reached
     if step.role == "rotated":
         gen = reached.current if reached is not base and reached.current else step.gen
+        if not gen.fp.length:  # empty: nothing to recognise it by (plan.find)
+            return reached.with_current(None)
         return reached.with_finished(gen._replace(complete=True)).with_current(None)
     gen = next((g for g in reached.finished if g.fp == step.gen.fp), step.gen)
     return reached.with_finished(gen._replace(complete=True))

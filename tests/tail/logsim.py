@@ -3,6 +3,15 @@
 It knows which lines it wrote to which generation, so tests can compare what the reader
 handed on with the truth. Compressed generations keep the mtime of their source, as logrotate
 does, because the reader orders generations by it.
+
+Two things the filesystem and the clock decide can be taken over, so that a property test
+replays exactly (hypothesis cannot shrink or replay what it does not decide):
+
+* inode reuse: with `freed`, a deleted file's inode is kept (the file moves into that
+  directory) and a file created later takes it when `reuse` says so, as ext4 or tmpfs may do
+  with a freed inode. Without it, deleted files are unlinked and reuse is up to the kernel.
+* mtimes: with `clock`, every file written gets the next tick of a logical clock (or the same
+  tick again after `same_tick()`: two writes within one tick of the real clock).
 """
 
 from __future__ import annotations
@@ -29,10 +38,25 @@ def line_for(number: int, width: int = 40) -> bytes:
 class LogSim:
     """Writes `access.log` in `directory` and rotates it; records every line written."""
 
-    def __init__(self, directory: Path, name: str = "access.log") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str = "access.log",
+        freed: Optional[Path] = None,
+        clock: bool = False,
+    ) -> None:
         self.dir = directory
         self.live = directory / name
-        self.live.write_bytes(b"")
+        self.freed = freed
+        self.spare: list[Path] = []  # files in `freed`, most recently deleted last
+        self.reuse: list[int] = []  # per file created next: 0 a new inode, k the k-th latest freed
+        self.reused = 0  # how many files took a freed inode (for tests of the model)
+        self.deleted = 0
+        self.now: Optional[int] = 1_700_000_000 * 10**9 if clock else None
+        self.tie = False
+        if freed is not None:
+            freed.mkdir(exist_ok=True)
+        self._create(self.live)
         self.counter = 0
         self.dated = 0
         self.partial: Optional[bytes] = None  # rest of a line not yet written
@@ -40,6 +64,42 @@ class LogSim:
         self.open_fragment: Optional[bytes] = None  # written part of the unfinished line
         self.copied: Optional[int] = None  # len(expected) when copytruncate copied, until truncate
         self.window: set[bytes] = set()  # lines written between a copy and its truncate
+
+    # the filesystem and the clock --------------------------------------------------------
+    def same_tick(self) -> None:
+        """The next file written gets the mtime of the last one (logical clock only)."""
+        self.tie = True
+
+    def _stamp(self, path: Path) -> None:
+        """Set `path`'s mtime from the logical clock (a no-op without one)."""
+        if self.now is None:
+            return
+        if not self.tie:
+            self.now += 10**9
+        self.tie = False
+        os.utime(path, ns=(self.now, self.now))
+
+    def _create(self, path: Path) -> None:
+        """A new empty file at `path`: a new inode, or one a deleted file had (`reuse`)."""
+        k = self.reuse.pop(0) if self.reuse else 0
+        if 0 < k <= len(self.spare):
+            self.spare.pop(-k).rename(path)
+            with path.open("r+b") as fh:
+                fh.truncate(0)
+            self.reused += 1
+        else:
+            path.write_bytes(b"")
+        self._stamp(path)
+
+    def _delete(self, path: Path) -> None:
+        """Remove `path` from the log's directory; its inode is kept for reuse with `freed`."""
+        if self.freed is None:
+            path.unlink()
+            return
+        self.deleted += 1
+        spare = self.freed / str(self.deleted)
+        path.rename(spare)
+        self.spare.append(spare)
 
     # writing ---------------------------------------------------------------------------
     def append(self, lines: int, partial: bool = False, width: int = 40) -> None:
@@ -59,6 +119,7 @@ class LogSim:
                 cut = max(12, len(line) // 2)
                 fh.write(line[:cut])
                 self.open_fragment, self.partial = line[:cut], line[cut:]
+        self._stamp(self.live)
 
     def append_to(self, path: Path, lines: int) -> None:
         """Lines nginx writes to a renamed file before it reopens its log."""
@@ -68,6 +129,7 @@ class LogSim:
                 line = line_for(self.counter)
                 fh.write(line)
                 self.expected.append(line)
+        self._stamp(path)
 
     def _close_fragment(self) -> None:
         """A rotated file will not grow: its unterminated last line counts as complete."""
@@ -95,11 +157,12 @@ class LogSim:
 
     def compress(self, path: Path, suffix: str = ".gz") -> Path:
         target = path.with_name(path.name + suffix)
+        self._create(target)
         with path.open("rb") as src, COMPRESSORS[suffix](target, "wb") as dst:
             shutil.copyfileobj(src, dst)
         st = path.stat()
         os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
-        path.unlink()
+        self._delete(path)
         return target
 
     def rotate_rename(self, compress: Optional[str] = None, delay: bool = True) -> Path:
@@ -108,7 +171,7 @@ class LogSim:
         self._shift()
         rotated = self.dir / f"{self.live.name}.1"
         self.live.rename(rotated)
-        self.live.write_bytes(b"")
+        self._create(self.live)
         if compress:
             if delay:
                 second = self.dir / f"{self.live.name}.2"
@@ -125,7 +188,7 @@ class LogSim:
         stamp = stamp or f"2026{self.dated:04d}"
         rotated = self.dir / f"{self.live.name}-{stamp}"
         self.live.rename(rotated)
-        self.live.write_bytes(b"")
+        self._create(self.live)
         if compress:
             rotated = self.compress(rotated, compress)
         return rotated
@@ -145,7 +208,8 @@ class LogSim:
             self.append(0)  # nginx finishes the line it is writing before logrotate copies
         self._shift()
         copy = self.dir / f"{self.live.name}.1"
-        shutil.copy2(self.live, copy)
+        self._create(copy)
+        shutil.copy2(self.live, copy)  # into the created file (its inode), with the mtime
         self.copied = len(self.expected)
         return copy
 
@@ -158,9 +222,10 @@ class LogSim:
         self.open_fragment = self.partial = None  # a half-written line dies with the truncate
         with self.live.open("r+b") as fh:
             fh.truncate(0)
+        self._stamp(self.live)
 
     def delete_and_recreate(self) -> None:
         """rm + create: an unfinished last line of the deleted file is gone with it."""
         self.open_fragment = self.partial = None
-        self.live.unlink()
-        self.live.write_bytes(b"")
+        self._delete(self.live)
+        self._create(self.live)

@@ -1,12 +1,15 @@
 """Property: whatever the writer and logrotate do, what the reader commits is what was written.
 
 Random appends (with unfinished last lines), every kind of rotation (several between two reads),
-late writes to a renamed file, delete-and-recreate (which often reuses the inode), and reader
-crashes between reading and committing. Rotations are the separate steps they are: rename, then
-later nginx's reopen (late writes until then); copytruncate's copy, then later its truncate, with
-appends, reads and crashes in between. After a catch-up, the committed lines equal the written
-ones: none lost (but those written between a copy and its truncate, which copytruncate itself
-may lose), none twice.
+late writes to a renamed file, a renamed file compressed by hand, delete-and-recreate, and
+reader crashes between reading and committing. Rotations are the separate steps they are:
+rename, then later nginx's reopen (late writes until then); copytruncate's copy, then later its
+truncate, with appends, reads and crashes in between. Inode reuse and mtimes are the
+simulator's (logsim's `freed` and `clock`), drawn by hypothesis rather than left to the
+filesystem and the clock, so a failure replays: any file created may take the inode of one
+deleted or compressed earlier, and two writes may share an mtime. After a catch-up, the
+committed lines equal the written ones: none lost (but those written between a copy and its
+truncate, which copytruncate itself may lose), none twice.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from tests.tail.logsim import LogSim
 from tests.tail.stored import StoredReader
 
 COMPRESSION = st.sampled_from([None, ".gz", ".bz2", ".xz"])
+#: For each file an operation creates: 0 a new inode, k the inode of the k-th latest deleted file.
+REUSE = st.lists(st.integers(0, 3), max_size=2)
 
 
 class ReaderMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="matomo-rt-prop-"))
-        self.sim = LogSim(self.tmp)
+        self.sim = LogSim(self.tmp, freed=self.tmp / "freed", clock=True)
         self.state = self.tmp / "state.json"
         self.committed: list[bytes] = []
         self.renamed_last = False  # nginx may still write to `.1` until it reopens
@@ -61,9 +66,15 @@ class ReaderMachine(RuleBasedStateMachine):
     def copy_pending(self) -> bool:
         return self.sim.copied is not None
 
+    @rule()
+    def same_tick(self) -> None:
+        """The next write lands within the same tick of the clock as the last one."""
+        self.sim.same_tick()
+
     @precondition(lambda self: not self.copy_pending())
-    @rule(compress=COMPRESSION, delay=st.booleans())
-    def rotate(self, compress: str | None, delay: bool) -> None:
+    @rule(compress=COMPRESSION, delay=st.booleans(), reuse=REUSE)
+    def rotate(self, compress: str | None, delay: bool, reuse: list[int]) -> None:
+        self.sim.reuse = reuse
         if self.scheme == "numbered":
             self.sim.rotate_rename(compress, delay)
             self.renamed_last = not compress or delay
@@ -78,17 +89,29 @@ class ReaderMachine(RuleBasedStateMachine):
         if first.exists() and first.read_bytes()[-1:] in (b"", b"\n"):
             self.sim.append_to(first, lines)
 
+    @precondition(lambda self: self.renamed_last and not self.copy_pending())
+    @rule(compress=COMPRESSION.filter(bool), reuse=REUSE)
+    def compress_renamed_by_hand(self, compress: str, reuse: list[int]) -> None:
+        """`gzip access.log.1`: late lines and all, while the position may be anywhere."""
+        first = self.sim.dir / f"{self.sim.live.name}.1"
+        if first.exists():
+            self.sim.reuse = reuse
+            self.sim.compress(first, compress)
+            self.renamed_last = False
+
     @precondition(lambda self: self.scheme == "numbered" and not self.copy_pending())
-    @rule()
-    def copytruncate(self) -> None:
+    @rule(reuse=REUSE)
+    def copytruncate(self, reuse: list[int]) -> None:
         """Copy and truncate with nothing in between (the usual, quick case)."""
+        self.sim.reuse = reuse
         self.sim.rotate_copytruncate()
         self.renamed_last = False
 
     @precondition(lambda self: self.scheme == "numbered" and not self.copy_pending())
-    @rule()
-    def copy_for_truncate(self) -> None:
+    @rule(reuse=REUSE)
+    def copy_for_truncate(self, reuse: list[int]) -> None:
         """copytruncate's copy; its truncate comes later, maybe after reads and crashes."""
+        self.sim.reuse = reuse
         self.sim.copy_for_truncate()
         self.renamed_last = False
 
@@ -98,9 +121,10 @@ class ReaderMachine(RuleBasedStateMachine):
         self.sim.truncate_after_copy()
 
     @precondition(lambda self: not self.copy_pending())
-    @rule()
-    def delete_and_recreate_after_catch_up(self) -> None:
+    @rule(reuse=REUSE)
+    def delete_and_recreate_after_catch_up(self, reuse: list[int]) -> None:
         self.catch_up()
+        self.sim.reuse = reuse
         self.sim.delete_and_recreate()
         self.renamed_last = False
 
@@ -141,3 +165,18 @@ class ReaderMachine(RuleBasedStateMachine):
 # How many examples: the hypothesis profile (tests/conftest.py; HYPOTHESIS_PROFILE=ci for more).
 ReaderMachine.TestCase.settings = settings(stateful_step_count=40)
 TestReaderProperties = ReaderMachine.TestCase
+
+
+def test_logsim_gives_a_created_file_the_inode_of_a_deleted_one_when_told(tmp_path: Path) -> None:
+    """The model of inode reuse the property test relies on: a compressed generation's freed
+    inode goes to the next live file when `reuse` says so, and to no file otherwise."""
+    sim = LogSim(tmp_path, freed=tmp_path / "freed", clock=True)
+    sim.append(2)
+    freed = sim.live.stat().st_ino
+    sim.rotate_rename(".gz", delay=False)  # the generation's inode is freed by compression
+    assert sim.live.stat().st_ino != freed
+    sim.reuse = [1]
+    sim.rotate_rename()
+    assert sim.live.stat().st_ino == freed and sim.live.read_bytes() == b""
+    mtimes = [p.stat().st_mtime_ns for p in (sim.live, tmp_path / "access.log.2.gz")]
+    assert mtimes[0] > mtimes[1]  # the logical clock: later writes, later mtimes

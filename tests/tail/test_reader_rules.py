@@ -235,6 +235,29 @@ def test_compressed_file_on_a_known_inode_is_checked_by_its_head(
     assert got == content + newer + lines(20, 2)
 
 
+def test_an_inode_reused_after_an_empty_generation_is_not_that_generation(
+    tmp_path: Path, log: Path, state: Path
+) -> None:
+    """Rule 1 (found by the property test once logsim modelled inode reuse): a generation
+    renamed while empty has no fingerprint, only its inode. Once it is compressed its inode is
+    free, and copytruncate's next copy of the live file may get it: that copy is not the empty
+    generation grown by late lines, and the live file's lines must not be read from both."""
+    sim = LogSim(log.parent, freed=tmp_path / "freed", clock=True)
+    got = take(log, state)  # the first pass: an empty log
+    sim.rotate_rename()  # renamed while empty
+    got += take(log, state)
+    sim.compress(log.with_name("access.log.1"))  # its inode is free
+    sim.append(1)
+    sim.reuse = [1]
+    sim.copy_for_truncate()  # the copy takes the freed inode
+    assert sim.reused == 1
+    got += take(log, state)
+    sim.truncate_after_copy()
+    sim.append(2)
+    got += take(log, state)
+    assert got == b"".join(sim.expected)
+
+
 # -- rule 2: validate the resume point -----------------------------------------------------
 
 
