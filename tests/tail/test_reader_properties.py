@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -141,6 +141,8 @@ class ReaderMachine(RuleBasedStateMachine):
         for _ in range(10_000):
             if self._take(50, 1 << 20, commit=True) == 0:
                 break
+        if self.sim.reused:  # how often the search checks a history with inode reuse
+            event("caught up after a file took a freed inode")
         # Every complete line so far is committed once, and nothing else; copytruncate may
         # lose the lines written between its copy and its truncate (but never doubles them).
         sim = self.sim
