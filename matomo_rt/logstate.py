@@ -112,6 +112,10 @@ class LogState:
         self.consecutive_failures = 0
         self.retry_at = 0.0
         self.unsaved = False
+        #: Since when and why the disk refuses this log's writes (None: the last one worked),
+        #: and how many writes it refused: the verdict and the metrics say so.
+        self.write_failure: Optional[tuple[float, str]] = None
+        self.write_failures = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -245,8 +249,18 @@ class LogState:
             "position": position.to_json(),
             "updated": time.time(),
         }
-        save_state(self.state_path, document)
+        try:
+            save_state(self.state_path, document)
+        except StateError as exc:
+            self._write_refused(exc)
+            raise
         self.document = document
+        self.write_failure = None
+
+    def _write_refused(self, exc: StateError) -> None:
+        self.write_failures += 1
+        if self.write_failure is None:
+            self.write_failure = (self.clock(), str(exc))
 
     def _commit(
         self,
@@ -308,7 +322,11 @@ class LogState:
         try:
             size = self.quarantine_bytes
             if self.pending:
-                size = self.quarantine.write(self.pending, size)
+                try:
+                    size = self.quarantine.write(self.pending, size)
+                except StateError as exc:
+                    self._write_refused(exc)
+                    raise
             self._save(self.position, {**self.document, "quarantine": {"bytes": size}})
         except StateError:
             self.unsaved = True
@@ -330,7 +348,6 @@ class LogState:
             self._flush()
         except StateError as exc:
             return f"{exc}; no import until the position can be saved"
-        log.info("%s: the position is saved again", self.name)
         return None
 
     def _record_error(self, outcome: str, reason: str, **extra: Any) -> None:
@@ -400,6 +417,8 @@ class LogState:
                 token_key=auth_key(self.config.matomo.url, self.token),
                 recorded=self.health,
                 log_format=format_name(self.log_config),
+                unwritable=self.write_failure[1] if self.write_failure else None,
+                unwritable_since=self.write_failure[0] if self.write_failure else None,
                 now=self.clock(),
             ),
             self.clock(),

@@ -122,6 +122,11 @@ class ServiceCollector(Collector):
             "import_logs.py runs of batches split among import.workers, by outcome.",
             labels=["log", "outcome"],
         )
+        write_failures = CounterMetricFamily(
+            "matomo_rt_state_write_failures_total",
+            "Writes of the log's state or quarantine the disk refused (full, read-only).",
+            labels=["log"],
+        )
         pending = gauge(
             "matomo_rt_open_batch_pending_requests",
             "Requests of a split batch not yet in Matomo (0: no batch is open).",
@@ -158,11 +163,12 @@ class ServiceCollector(Collector):
                 if type(count) is int and count >= 0:
                     runs.add_metric([name, str(outcome)], count)
             pending.add_metric([name], workers.pending_requests(source))
+            write_failures.add_metric([name], source.write_failures)
             for kind in health.LOG_PROBLEMS:
                 problem.add_metric([name, kind], int(kind in kinds))
         yield from counters.values()
         yield from (lag, success, error, duration, paused, backoff, ratio, healthy, problem)
-        yield from (runs, pending)
+        yield from (runs, pending, write_failures)
 
     def _archive(self, facts: health.ArchiveFacts, now: float) -> Iterator[Metric]:
         def gauge(name: str, doc: str, value: Optional[float]) -> Iterator[Metric]:

@@ -31,6 +31,7 @@ from matomo_rt import archiver, execute, health, metrics
 from matomo_rt.archiver import run_archive
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.config import load as load_config
+from matomo_rt.health.announce import Announcer
 from matomo_rt.pipeline import Source, open_sources
 from matomo_rt.store import LockedError, ensure_dir
 from matomo_rt.tail import ReaderError, StateError
@@ -105,8 +106,9 @@ class Service:
                 lambda: self.config.health,
             )
         )
-        #: The problem kinds each log had at its last tick: a change is logged once.
-        self._problems: dict[str, frozenset[str]] = {}
+        #: A change of health is logged once (per log, and for core:archive).
+        self._announce_logs = Announcer(log)
+        self._announce_archive = Announcer(log)
         #: Jobs whose running pass outlasted a tick (said once per pass).
         self._overran: set[str] = set()
         scheduler_log = logging.getLogger("apscheduler.scheduler")
@@ -166,15 +168,9 @@ class Service:
         """Log a change of the log's health once: ERROR on the way in, INFO on recovery."""
         if source.reader is None:
             return
-        verdict = source.verdict()
-        before = self._problems.get(source.name, frozenset())
-        for problem in verdict.problems:
-            # Failed imports and a refused token are logged where they happen.
-            if problem.kind not in before and problem.kind not in _LOGGED_WHERE_THEY_HAPPEN:
-                log.error("%s: %s", source.name, problem.line())
-        for kind in sorted(before - verdict.kinds()):
-            log.info("%s: recovered: %s", source.name, _RECOVERED.get(kind, kind))
-        self._problems[source.name] = verdict.kinds()
+        self._announce_logs.changes(
+            source.name, source.verdict(), time.time(), quiet=_LOGGED_WHERE_THEY_HAPPEN
+        )
 
     def _import_pass(self, source: Source) -> None:
         token = self._token()
@@ -190,8 +186,10 @@ class Service:
             )
         except (StateError, ReaderError) as exc:
             # A user-fixable problem (permissions, disk full, a damaged state file): one line,
-            # and back off instead of a traceback every interval.
-            log.error("%s: %s", source.name, exc)
+            # and back off instead of a traceback every interval. A write the disk refused is
+            # the verdict's (state_unwritable): said once, not at every retry.
+            if not (isinstance(exc, StateError) and source.write_failure is not None):
+                log.error("%s: %s", source.name, exc)
             source.back_off()
             return
         if report.batches:  # failures were logged, once, where they happened
@@ -216,14 +214,9 @@ class Service:
 
     def _log_archive_health(self) -> None:
         """A change of core:archive's health, once (its failures are logged as they happen)."""
-        verdict = health.judge_archive(self.archive, time.time(), self.config.health)
-        before = self._problems.get("", frozenset())
-        for problem in verdict.problems:
-            if problem.kind not in before and problem.kind != health.ARCHIVE_FAILING:
-                log.error("archive: %s", problem.line())
-        if before - verdict.kinds():
-            log.info("archive: recovered: core:archive succeeds again")
-        self._problems[""] = verdict.kinds()
+        now = time.time()
+        verdict = health.judge_archive(self.archive, now, self.config.health)
+        self._announce_archive.changes("archive", verdict, now, quiet={health.ARCHIVE_FAILING})
 
     def _watchdog(self) -> None:
         sd_notify("WATCHDOG=1")
@@ -462,16 +455,6 @@ class Service:
 
 
 _LOGGED_WHERE_THEY_HAPPEN = frozenset({health.IMPORT_FAILING, health.AUTH_PAUSED})
-_RECOVERED = {
-    health.LOG_MISSING: "the log file is back",
-    health.LOG_UNREADABLE: "the log file is readable again",
-    health.LOG_NOT_A_FILE: "the log is a file again",
-    health.WRONG_FORMAT: "recent lines are in the expected format again",
-    health.STALLED: "requests reach Matomo again",
-    health.UNMATCHED_HOSTS: "recent requests all match a Matomo site",
-    health.AUTH_PAUSED: "the authentication pause is over",
-    health.IMPORT_FAILING: "imports succeed again",
-}
 
 
 def _job_id(name: str) -> str:

@@ -156,6 +156,9 @@ def _collect_log(
         lag_bytes=entry["lag_bytes"],
         token_key=token_key,
         log_format=format_name(log_config),
+        unwritable=health.probe_state_dir(
+            config.state.dir, entry["pid"] if entry["running"] else None
+        ),
         now=now,
     )
     if facts.auth_pause_until is not None:

@@ -3,6 +3,7 @@ recorded facts survive the state document; the service and `status` agree."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -234,3 +235,70 @@ def test_an_archive_that_never_succeeded_is_stale_counted_from_the_service_s_sta
     # A success before the service started counts as usual.
     earlier = ArchiveFacts(True, runs=1, last_success=NOW - 60, watched_since=NOW - 4 * 3600)
     assert judge_archive(earlier, NOW).healthy
+
+
+def test_a_state_that_cannot_be_written_is_a_problem_since_its_first_failure() -> None:
+    """The service keeps its position in memory and imports nothing more: never "all fine"."""
+    unwritable = "state.json: cannot write state: No space left on device"
+    verdict = judge_log(facts(unwritable=unwritable, unwritable_since=NOW - 300), NOW)
+    [problem] = verdict.problems
+    assert problem.kind == health.STATE_UNWRITABLE
+    assert problem.message.startswith("state cannot be written since ")
+    assert "(5m ago): state.json: cannot write state: No space left on device" in problem.message
+    assert "state.dir" in problem.fix and "nothing is lost" in problem.fix
+
+
+def test_status_which_cannot_know_the_first_failure_gives_the_last_write() -> None:
+    verdict = judge_log(
+        facts(unwritable="read-only file system", last_written=NOW - 7200),
+        NOW,
+    )
+    [problem] = verdict.problems
+    assert problem.kind == health.STATE_UNWRITABLE
+    assert "(2h ago): read-only file system" in problem.message
+
+
+def test_an_unwritable_state_explains_the_stall() -> None:
+    stalled = facts(lag_bytes=5000, last_success=NOW - 4000)
+    assert kinds(judge_log(stalled, NOW)) == {health.STALLED}
+    both = facts(
+        lag_bytes=5000,
+        last_success=NOW - 4000,
+        unwritable="no space",
+        unwritable_since=NOW - 3900,
+    )
+    assert kinds(judge_log(both, NOW)) == {health.STATE_UNWRITABLE}
+
+
+def test_a_change_of_health_is_said_once_and_an_unwritable_state_is_recalled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from matomo_rt.health.announce import REMIND_SECONDS, Announcer
+
+    said = Announcer(logging.getLogger("matomo_rt.test_announce"))
+    unwritable = health.Problem(health.STATE_UNWRITABLE, "state cannot be written", "fix it")
+    missing = health.Problem(health.LOG_MISSING, "no such file", "check logs.path")
+    failing = health.Problem(health.IMPORT_FAILING, "import failing", "")
+    bad = health.Verdict("access", (unwritable, missing, failing))
+
+    def lines() -> list[str]:
+        return [f"{r.levelname}: {r.getMessage()}" for r in caplog.records]
+
+    with caplog.at_level(logging.INFO, logger="matomo_rt.test_announce"):
+        for at in (0, 60, REMIND_SECONDS - 1):
+            said.changes("access", bad, NOW + at, quiet={health.IMPORT_FAILING})
+        assert lines() == [
+            "ERROR: access: state cannot be written; fix it",
+            "ERROR: access: no such file; check logs.path",
+        ]
+        caplog.clear()
+        said.changes("access", bad, NOW + REMIND_SECONDS, quiet={health.IMPORT_FAILING})
+        said.changes("access", bad, NOW + REMIND_SECONDS + 60, quiet={health.IMPORT_FAILING})
+        assert lines() == ["ERROR: access: still: state cannot be written; fix it"]
+        caplog.clear()
+        said.changes("access", health.Verdict("access"), NOW + REMIND_SECONDS + 120)
+        assert lines() == [
+            "INFO: access: recovered: imports succeed again",
+            "INFO: access: recovered: the log file is back",
+            "INFO: access: recovered: the state is written again",
+        ]

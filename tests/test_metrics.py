@@ -155,6 +155,34 @@ def test_the_gauges_follow_the_verdict_the_service_holds(tmp_path: Path) -> None
     assert log_sample(text, "matomo_rt_healthy") == 0
 
 
+def test_a_state_the_disk_refuses_is_counted_and_is_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matomo_rt.logstate
+    from matomo_rt.tail import StateError
+
+    config = make_config(tmp_path)
+    commit_lines(config, "access", 1, {"last_success": NOW - 120})
+
+    def refused(path: Any, document: Any) -> None:
+        raise StateError(f"{path}: cannot write state: Read-only file system")
+
+    monkeypatch.setattr(matomo_rt.logstate, "save_state", refused)
+    with Source(config, config.log("access"), token="tok", clock=lambda: NOW) as source:
+        with pytest.raises(StateError):  # caught up, a minute after the last success
+            source.run_pass()
+        source.retry_at = 0.0
+        assert "no import until the position can be saved" in str(source.run_pass().error)
+        collector = metrics.ServiceCollector(
+            lambda: [source], lambda: ArchiveFacts(True), lambda: config.health, clock=lambda: NOW
+        )
+        text = metrics.render(metrics.registry(collector))
+    assert types(text)["matomo_rt_state_write_failures"] == "counter"
+    assert log_sample(text, "matomo_rt_state_write_failures_total") == 2
+    assert log_sample(text, "matomo_rt_problem", problem=health.STATE_UNWRITABLE) == 1
+    assert log_sample(text, "matomo_rt_healthy") == 0
+
+
 def test_the_collector_reads_no_state_file(tmp_path: Path, monkeypatch) -> None:
     """From memory: after opening, the state files may vanish and the metrics stay."""
     config = make_config(tmp_path)

@@ -899,6 +899,38 @@ def test_a_position_the_disk_refused_is_never_imported_again(
     assert rig.offset() == rig.log.stat().st_size
 
 
+def test_a_state_the_disk_refuses_is_the_verdict_until_it_is_written_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While nothing can be committed the log is never healthy: the verdict names the failure
+    and since when, the failed writes are counted, and a successful write ends it."""
+    from matomo_rt import health
+    from matomo_rt.tail import StateError
+
+    config = rig.write_config(batch_lines=100)
+    rig.append(lines_of(0, 5))
+    failing = disk_full_after_the_batch_went_out(monkeypatch)
+    now = [1_000_000.0]
+    (source,) = open_sources(config)
+    source.clock = lambda: now[0]
+    with source:
+        with pytest.raises(StateError):
+            source.run_pass()
+        now[0] += 600
+        source.retry_at = 0.0
+        source.run_pass()  # still refused
+        verdict = source.verdict()
+        assert verdict.kinds() == {health.STATE_UNWRITABLE}
+        [problem] = verdict.problems
+        assert "(10m ago): " in problem.message and "No space left on device" in problem.message
+        assert source.write_failures >= 2
+        failing[0] = False
+        source.retry_at = 0.0
+        assert source.run_pass().caught_up
+        assert source.verdict().healthy
+        assert source.write_failure is None
+
+
 def test_json_nested_too_deeply_is_quarantined_not_a_crash(rig: Rig) -> None:
     config = rig.write_config(batch_lines=100)
     rig.append([*lines_of(0, 3), b"[" * 100_000 + b"\n", *lines_of(3, 6)])

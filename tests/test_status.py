@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -245,6 +247,83 @@ def test_a_state_dir_that_cannot_exist_is_an_error_not_a_crash(tmp_path: Path) -
     assert "not a directory" in entry_of(report)["error"]
     assert "not a directory" in report["archive"]["error"]
     assert status.status_exit_code(report) == 1
+
+
+def statvfs_says(monkeypatch: pytest.MonkeyPatch, **fields: int) -> None:
+    """os.statvfs answers as the real one, but with `fields` (a full or read-only disk)."""
+    real = os.statvfs
+    names = [n for n in dir(real("/")) if n.startswith("f_")]
+
+    def statvfs(path: Any) -> Any:
+        st = real(path)
+        return types.SimpleNamespace(**{**{n: getattr(st, n) for n in names}, **fields})
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+def test_a_read_only_state_dir_is_unwritable_since_the_last_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """status cannot see the service's memory: it finds the cause itself, and gives the last
+    write as the time since when nothing was committed."""
+    config = make_config(tmp_path)
+    commit_lines(config, "access", 1, {"last_success": NOW - 10})
+    written = store.load_state(state_paths(config, config.log("access"))[0])["updated"]
+    statvfs_says(monkeypatch, f_flag=os.ST_RDONLY)
+    report = status.collect(config, now=written + 600)
+    [problem] = entry_of(report)["problems"]
+    assert problem["kind"] == "state_unwritable"
+    assert problem["message"].endswith(f"(10m ago): {config.state.dir}: read-only file system")
+    assert status.status_exit_code(report) == 1
+    assert "what to do: free space on the file system of state.dir" in status.render_text(report)
+
+
+def test_a_full_disk_is_unwritable_for_the_service_that_holds_the_lock(
+    lock_holder: tuple[Config, subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, _ = lock_holder
+    commit_lines(config, "access", 1, {"last_success": NOW - 10})
+    statvfs_says(monkeypatch, f_bavail=0, f_bfree=0)
+    [problem] = entry_of(status.collect(config, now=NOW))["problems"]
+    assert problem["kind"] == "state_unwritable"
+    assert "no space left on device (0 bytes free)" in problem["message"]
+
+
+def test_a_state_dir_the_service_may_not_write_is_unwritable(tmp_path: Path) -> None:
+    """The lock holder's own credentials decide, not status's (which may run as root)."""
+    config = make_config(tmp_path)
+    commit_lines(config, "access", 1, {"last_success": NOW - 10})
+    lock = state_paths(config, config.log("access"))[1]
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: cannot drop CAP_DAC_OVERRIDE")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    code = (
+        "import sys; from pathlib import Path; from matomo_rt.store import SourceLock\n"
+        "lock = SourceLock(Path(sys.argv[1])); lock.acquire(); print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [*prefix, sys.executable, "-c", code, str(lock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        assert entry_of(status.collect(config, now=NOW))["healthy"]
+        config.state.dir.chmod(0o555)
+        [problem] = entry_of(status.collect(config, now=NOW))["problems"]
+        assert problem["kind"] == "state_unwritable"
+        denied = f"{config.state.dir}: no write permission for uid {os.geteuid()}"
+        assert denied in problem["message"]
+    finally:
+        config.state.dir.chmod(0o755)
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=10)
 
 
 def test_the_quarantine_file_is_counted(tmp_path: Path) -> None:

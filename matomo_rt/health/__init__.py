@@ -20,6 +20,7 @@ from matomo_rt.health.facts import (
     log_facts,
     pause_until,
     probe_file,
+    probe_state_dir,
 )
 from matomo_rt.health.judge import (
     CONTRIB_LOG_FORMAT,
@@ -44,6 +45,7 @@ from matomo_rt.health.verdict import (
     NEVER_READ,
     STALLED,
     STATE_UNREADABLE,
+    STATE_UNWRITABLE,
     UNMATCHED_HOSTS,
     WRONG_FORMAT,
     Problem,
@@ -69,6 +71,7 @@ __all__ = [
     "NEVER_READ",
     "STALLED",
     "STATE_UNREADABLE",
+    "STATE_UNWRITABLE",
     "UNMATCHED_HOSTS",
     "WINDOW_LINES",
     "WRONG_FORMAT",
@@ -84,5 +87,6 @@ __all__ = [
     "log_facts",
     "pause_until",
     "probe_file",
+    "probe_state_dir",
     "wrong_format",
 ]

@@ -46,6 +46,70 @@ def probe_file(path: os.PathLike[str] | str) -> Optional[tuple[str, str]]:
     return None
 
 
+#: Less free space than this on the state directory's file system: a state write fails.
+MIN_FREE_BYTES = 64 * 1024
+_CAP_DAC_OVERRIDE = 1
+_CAP_SYS_RESOURCE = 24  # may use the blocks a file system reserves for root
+
+
+def probe_state_dir(directory: os.PathLike[str] | str, pid: Optional[int]) -> Optional[str]:
+    """Why the process `pid` (the one holding a log's lock: the service) cannot write in the
+    state directory, as far as another process can tell: a read-only file system, no space or
+    inodes left for it, no write permission for its user. None when it looks writable.
+
+    `status` runs apart from the service and cannot see its memory; this is how it still
+    says "state cannot be written". Without a holder (pid None) only a read-only file system
+    is certain. ACLs and quotas are not looked at.
+    """
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return None  # a state directory that cannot be read is its own problem
+    if fs.f_flag & os.ST_RDONLY:
+        return f"{directory}: read-only file system"
+    creds = _credentials(pid) if pid is not None else None
+    if creds is None:
+        return None
+    uid, gids, caps = creds
+    privileged = uid == 0 or bool(caps >> _CAP_SYS_RESOURCE & 1)
+    free = (fs.f_bfree if privileged else fs.f_bavail) * fs.f_frsize
+    if free < MIN_FREE_BYTES:
+        return f"{directory}: no space left on device ({free:,} bytes free)"
+    if fs.f_files and (fs.f_ffree if privileged else fs.f_favail) == 0:
+        return f"{directory}: no inodes left on device"
+    if caps >> _CAP_DAC_OVERRIDE & 1:
+        return None
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    if uid == st.st_uid:
+        need = stat.S_IWUSR | stat.S_IXUSR
+    elif st.st_gid in gids:
+        need = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        need = stat.S_IWOTH | stat.S_IXOTH
+    if st.st_mode & need != need:
+        return f"{directory}: no write permission for uid {uid} (pid {pid})"
+    return None
+
+
+def _credentials(pid: int) -> Optional[tuple[int, frozenset[int], int]]:
+    """(file-system uid, groups, effective capabilities) of process `pid`, from /proc."""
+    try:
+        fields = dict(
+            line.split(":", 1)
+            for line in open(f"/proc/{pid}/status", encoding="utf-8")
+            if ":" in line
+        )
+        uid = int(fields["Uid"].split()[3])
+        gids = {int(fields["Gid"].split()[3]), *map(int, fields["Groups"].split())}
+        caps = int(fields["CapEff"].strip(), 16)
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    return uid, frozenset(gids), caps
+
+
 def number(value: Any) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -211,6 +275,13 @@ class LogFacts:
     #: The file's problem as this process sees it now (missing and not-a-file look the same
     #: to every user; unreadable is the service's word, from `health.file`).
     file_now: Optional[tuple[str, str]] = None
+    #: Why the state cannot be written (the disk refused a write), or None.
+    unwritable: Optional[str] = None
+    #: Since when (the service's first failed write); None: unknown (`status` is not the
+    #: process that failed), then `last_written` says since when nothing was committed.
+    unwritable_since: Optional[float] = None
+    #: When the state document was last written (its "updated").
+    last_written: Optional[float] = None
 
 
 def log_facts(
@@ -224,6 +295,8 @@ def log_facts(
     token_key: Optional[str] = None,
     recorded: Optional[LogHealth] = None,
     log_format: str = "nginx_json",
+    unwritable: Optional[str] = None,
+    unwritable_since: Optional[float] = None,
     now: float,
 ) -> LogFacts:
     """The facts of one log from its state document: the service's (in memory) and
@@ -237,6 +310,8 @@ def log_facts(
             ever_positioned=False,
             file_now=file_now,
             log_format=log_format,
+            unwritable=unwritable,
+            unwritable_since=unwritable_since,
         )
     stats = document.get("stats")
     stats = stats if isinstance(stats, dict) else {}
@@ -256,6 +331,9 @@ def log_facts(
         auth_pause_until=pause_until(stats, token_key, now),
         file_now=file_now,
         log_format=log_format,
+        unwritable=unwritable,
+        unwritable_since=unwritable_since,
+        last_written=number(document.get("updated")),
     )
 
 

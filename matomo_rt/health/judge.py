@@ -6,6 +6,7 @@ Each problem names the thing at fault and what to do; the thresholds are the [he
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 from matomo_rt.health.facts import ArchiveFacts, LogFacts, LogHealth, number
@@ -21,6 +22,7 @@ from matomo_rt.health.verdict import (
     NEVER_READ,
     STALLED,
     STATE_UNREADABLE,
+    STATE_UNWRITABLE,
     UNMATCHED_HOSTS,
     WRONG_FORMAT,
     Problem,
@@ -60,9 +62,11 @@ def judge_log(facts: LogFacts, now: float, settings: Settings = DEFAULTS) -> Ver
         return Verdict(facts.name, tuple(problems))
     h = facts.health
     file_problem = _file_problem(facts, now)
+    if facts.unwritable is not None:
+        problems.append(_unwritable(facts, now))
     if file_problem is not None:
         problems.append(file_problem)
-    elif not facts.has_state:
+    elif not facts.has_state and facts.unwritable is None:
         problems.append(
             Problem(
                 NEVER_READ,
@@ -134,6 +138,22 @@ def judge_log(facts: LogFacts, now: float, settings: Settings = DEFAULTS) -> Ver
     if stalled is not None and {p.kind for p in problems} <= {UNMATCHED_HOSTS}:
         problems.append(stalled)
     return Verdict(facts.name, tuple(problems))
+
+
+def _unwritable(facts: LogFacts, now: float) -> Problem:
+    """Nothing can be committed: the position stays in memory, nothing more is imported."""
+    since = facts.unwritable_since or facts.last_written
+    when = ""
+    if since is not None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+        when = f" since {stamp} ({_ago(max(now - since, 0.0))} ago)"
+    return Problem(
+        STATE_UNWRITABLE,
+        f"state cannot be written{when}: {facts.unwritable}",
+        "free space on the file system of state.dir, or make state.dir writable for the"
+        " service's user (and its file system read-write); nothing is lost: the service keeps"
+        " the position in memory, imports nothing more until it is written, and says when",
+    )
 
 
 def wrong_format(h: LogHealth, settings: Settings) -> bool:

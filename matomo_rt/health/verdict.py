@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 STATE_UNREADABLE = "state_unreadable"
+STATE_UNWRITABLE = "state_unwritable"
 LOG_MISSING = "log_missing"
 LOG_UNREADABLE = "log_unreadable"
 LOG_NOT_A_FILE = "log_not_a_file"
@@ -20,6 +21,7 @@ AUTH_PAUSED = "auth_paused"
 IMPORT_FAILING = "import_failing"
 LOG_PROBLEMS = (
     STATE_UNREADABLE,
+    STATE_UNWRITABLE,
     LOG_MISSING,
     LOG_UNREADABLE,
     LOG_NOT_A_FILE,

@@ -258,6 +258,49 @@ def test_a_log_never_read_is_a_problem_with_the_next_step(rig):
 
 
 # ------------------------------------------------------------------------------------------
+# The state cannot be written
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_state_dir_the_service_cannot_write_is_said_once_counted_and_seen_by_status(rig):
+    """The state directory turns read-only for the service mid-run: one ERROR (not one per
+    retry), the metrics count the refused writes and name the problem, `status` (as root)
+    says it too and exits 1; once writable again: one INFO, and every line arrives once."""
+    prefix = unable_to_override_permissions()
+    log = rig.logs / "access.log"
+    prom = rig.base / "matomo_rt.prom"
+    append(log, [access_line("/p/0")])
+    rig.write_config([("access", log)], extra=f'\n[metrics]\ntextfile = "{prom}"\n')
+    service = rig.start("-vv", "run", prefix=prefix)
+    rig.wait_recorded(1)
+    ticks(service, 1)
+    rig.state.chmod(0o555)
+    try:
+        append(log, [access_line("/p/1"), access_line("/p/2")])
+        service.wait_log("ERROR: access: state cannot be written since ", timeout=20)
+        problem = 'matomo_rt_problem{log="access",problem="state_unwritable"} 1.0'
+        wait_for(lambda: problem in prom.read_text(), 10, "the problem in the textfile")
+        assert re.search(
+            r'matomo_rt_state_write_failures_total\{log="access"\} [1-9]', prom.read_text()
+        )
+        ticks(service, 3)
+        assert service.log().count("ERROR: access: ") == 1, service.log()
+        assert len(rig.recorded()) == 1  # nothing imported that could not be committed
+        status = rig.run("status")
+        assert status.returncode == 1, status.stdout
+        assert "access: state cannot be written since " in status.stdout
+        assert f"{rig.state}: no write permission for uid {os.geteuid()}" in status.stdout
+    finally:
+        rig.state.chmod(0o755)
+    service.wait_log("INFO: access: recovered: the state is written again", timeout=60)
+    rig.wait_recorded(3)
+    service.send(signal.SIGTERM)
+    assert service.wait(15) == 0
+    assert rig.run("status").returncode == 0
+    assert len(rig.recorded()) == 3
+
+
+# ------------------------------------------------------------------------------------------
 # core:archive never succeeded since the service started
 # ------------------------------------------------------------------------------------------
 
