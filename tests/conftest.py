@@ -19,6 +19,9 @@ Hypothesis: the `dev` profile (default) keeps property tests quick; `HYPOTHESIS_
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,27 @@ settings.register_profile(
     "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+#: The bytecode directory this process made (removed when it ends), if any.
+_pycache_made: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile once for the whole run, into a private directory, when bytecode writes are off."""
+    global _pycache_made
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
+        return  # bytecode goes where the user wants it; or a parent run set this up already
+    _pycache_made = Path(tempfile.mkdtemp(prefix="matomo-rt-tests-pycache-"))
+    os.environ["PYTHONPYCACHEPREFIX"] = str(_pycache_made)
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+    sys.pycache_prefix = str(_pycache_made)
+    sys.dont_write_bytecode = False
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _pycache_made is not None:
+        shutil.rmtree(_pycache_made, ignore_errors=True)
 
 
 def _opt_in_marker(path: Path) -> str | None:

@@ -396,7 +396,7 @@ def test_every_full_option_that_is_not_refused_is_accepted(tmp_path: Path) -> No
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "import_logs_double_options", ROOT / "tests" / "doubles" / "import_logs.py"
+        "import_logs_double_options", ROOT / "tests" / "doubles" / "import_logs_double.py"
     )
     assert spec is not None and spec.loader is not None
     double = importlib.util.module_from_spec(spec)

@@ -29,6 +29,7 @@ from matomo_rt.guard import GuardResult, Quarantine, check_line, guard
 from matomo_rt.matomo import importer
 
 DOUBLE = Path(__file__).parent / "doubles" / "import_logs.py"
+DOUBLE_CODE = DOUBLE.with_name("import_logs_double.py")  # what the DOUBLE script runs
 GOOD: dict[str, Any] = {
     "ip": "203.0.113.7",
     "host": "www.example.org",
@@ -50,7 +51,7 @@ def line(**fields: Any) -> bytes:
 
 
 def _load_double() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("import_logs_double", DOUBLE)
+    spec = importlib.util.spec_from_file_location("import_logs_double", DOUBLE_CODE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

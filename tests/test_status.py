@@ -524,3 +524,22 @@ def test_collect_is_fast_enough_for_every_scrape(tmp_path: Path) -> None:
     report = status.collect(config)
     assert time.monotonic() - started < 2
     assert len(report["logs"]) == 20
+
+
+def test_the_status_command_loads_no_process_scheduler_or_metrics_library(tmp_path: Path) -> None:
+    """`status` starts no process, schedules nothing and serves no metrics: sh (which brings
+    asyncio), APScheduler and prometheus_client stay unloaded, so it answers at once."""
+    config = make_config(tmp_path)
+    commit_lines(config, "access", 3, {"lines_read": 3})
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "matomo_rt", "-c", str(config.source), "status"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "matomo_rt.status" in loaded  # the import list is read right
+    heavy = {"sh", "asyncio", "apscheduler", "prometheus_client"}
+    assert loaded & heavy == set()

@@ -486,6 +486,10 @@ def test_hang_kills_the_recorder_and_waits_forever(double: Double) -> None:
     assert err.startswith(b"Exception in thread Thread-1 (_run_bulk):\n")
     with pytest.raises(subprocess.TimeoutExpired):
         proc.wait(timeout=0.3)
+    # The recorder thread prints its traceback on its way out. A SIGINT the kernel hands to it
+    # instead of the main thread never wakes the main thread's wait (the run hung for 30 s on a
+    # loaded machine): send it once the main thread is the only one left.
+    wait_for(lambda: len(os.listdir(f"/proc/{proc.pid}/task")) == 1, "the recorder thread's end")
     proc.send_signal(signal.SIGINT)  # like the real one: summary of what was done, exit 0
     out, _ = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 0

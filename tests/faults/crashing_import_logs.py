@@ -12,7 +12,7 @@ import runpy
 import sys
 from pathlib import Path
 
-DOUBLE = Path(__file__).resolve().parents[1] / "doubles" / "import_logs.py"
+DOUBLE = Path(__file__).resolve().parents[1] / "doubles" / "import_logs_double.py"
 
 if __name__ == "__main__":
     g = runpy.run_path(str(DOUBLE), run_name="import_logs_double")
