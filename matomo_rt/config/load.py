@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from matomo_rt import formats
 from matomo_rt.config import values as v
@@ -36,6 +36,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on old Pythons only
     import tomli as tomllib
+
+
+_T = TypeVar("_T")
 
 
 class _Table:
@@ -80,6 +83,17 @@ class _Loader:
             value = {}
         return _Table(self, value, name)
 
+    def section(
+        self, data: dict[str, Any], name: str, cls: type[_T], **convert: Callable[[Any], Any]
+    ) -> _T:
+        """Table `name` as a `cls`: each key through its converter, a missing or invalid one at
+        the class's default, unknown keys reported."""
+        t = self.table(data, name)
+        default = cls()
+        value = cls(**{key: t.get(key, c, getattr(default, key)) for key, c in convert.items()})
+        t.finish()
+        return value
+
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
@@ -120,39 +134,38 @@ def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
     for key in sorted(set(data) - known_tables):
         loader.error(key, "unknown key")
 
-    def rel(p: Optional[Path]) -> Optional[Path]:
-        return None if p is None else (p if p.is_absolute() else base / p)
+    def rel_path(value: Any) -> Path:
+        p = v.path(value)
+        return p if p.is_absolute() else base / p
 
-    t = loader.table(data, "matomo")
-    matomo = MatomoConfig(
-        url=t.get("url", v.url, None),
-        path=rel(t.get("path", v.path, None)),
-        import_logs=rel(t.get("import_logs", v.path, None)),
-        python=t.get("python", v.string, "python3"),
-        php=t.get("php", v.string, "php"),
-        token_auth_file=rel(t.get("token_auth_file", v.path, None)),
+    matomo = loader.section(
+        data,
+        "matomo",
+        MatomoConfig,
+        url=v.url,
+        path=rel_path,
+        import_logs=rel_path,
+        python=v.string,
+        php=v.string,
+        token_auth_file=rel_path,
     )
-    t.finish()
-
-    t = loader.table(data, "import")
-    d = ImportConfig()
-    import_ = ImportConfig(
-        interval=t.get("interval", v.parse_duration, d.interval),
-        batch_lines=t.get("batch_lines", v.positive_int, d.batch_lines),
-        batch_bytes=t.get("batch_bytes", v.parse_size, d.batch_bytes),
-        timeout=t.get("timeout", v.parse_duration, d.timeout),
-        flags=t.get("flags", check_import_flags, d.flags),
-        recorders=t.get("recorders", v.positive_int, d.recorders),
-        workers=t.get("workers", v.workers, d.workers),
-        on_uncertain=t.get("on_uncertain", v.choice(ON_UNCERTAIN_CHOICES), d.on_uncertain),
-        start_at=t.get("start_at", v.choice(START_AT_CHOICES), d.start_at),
-        max_batches_per_tick=t.get("max_batches_per_tick", v.positive_int, d.max_batches_per_tick),
+    import_ = loader.section(
+        data,
+        "import",
+        ImportConfig,
+        interval=v.interval,
+        batch_lines=v.positive_int,
+        batch_bytes=v.parse_size,
+        timeout=v.parse_duration,
+        flags=check_import_flags,
+        recorders=v.positive_int,
+        workers=v.workers,
+        on_uncertain=v.choice(ON_UNCERTAIN_CHOICES),
+        start_at=v.choice(START_AT_CHOICES),
+        max_batches_per_tick=v.positive_int,
     )
-    if import_.interval < 1:
-        loader.error("import.interval", "must be at least 1s")
-    t.finish()
 
-    logs = _logs(loader, data.get("logs", []), rel, import_.flags)
+    logs = _logs(loader, data.get("logs", []), rel_path, import_.flags)
     all_flags = [*import_.flags, *(f for log in logs for f in log.flags)]
     if import_.workers > 1 and (
         import_.recorders > 1 or any(f.split("=", 1)[0] == "--recorders" for f in all_flags)
@@ -163,39 +176,27 @@ def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
             " remove import.recorders and any --recorders flag",
         )
 
-    t = loader.table(data, "archive")
-    d2 = ArchiveConfig()
-    archive = ArchiveConfig(
-        enabled=t.get("enabled", v.boolean, d2.enabled),
-        schedule=t.get("schedule", v.cron, d2.schedule),
-        timeout=t.get("timeout", v.parse_duration, d2.timeout),
-        flags=t.get("flags", check_archive_flags, d2.flags),
+    archive = loader.section(
+        data,
+        "archive",
+        ArchiveConfig,
+        enabled=v.boolean,
+        schedule=v.cron,
+        timeout=v.parse_duration,
+        flags=check_archive_flags,
     )
-    t.finish()
-
-    t = loader.table(data, "state")
-    state = StateConfig(dir=rel(t.get("dir", v.path, None)) or StateConfig().dir)
-    t.finish()
-
-    t = loader.table(data, "metrics")
-    metrics = MetricsConfig(
-        textfile=rel(t.get("textfile", v.path, None)), listen=t.get("listen", v.listen, None)
+    state = loader.section(data, "state", StateConfig, dir=rel_path)
+    metrics = loader.section(data, "metrics", MetricsConfig, textfile=rel_path, listen=v.listen)
+    service = loader.section(data, "service", ServiceConfig, stop_timeout=v.parse_duration)
+    health = loader.section(
+        data,
+        "health",
+        HealthConfig,
+        stalled_after=v.parse_duration,
+        wrong_format_share=v.share,
+        unmatched_share=v.share,
+        archive_stale_after=v.parse_duration,
     )
-    t.finish()
-
-    t = loader.table(data, "service")
-    service = ServiceConfig(stop_timeout=t.get("stop_timeout", v.parse_duration, 30.0))
-    t.finish()
-
-    t = loader.table(data, "health")
-    d3 = HealthConfig()
-    health = HealthConfig(
-        stalled_after=t.get("stalled_after", v.parse_duration, d3.stalled_after),
-        wrong_format_share=t.get("wrong_format_share", v.share, d3.wrong_format_share),
-        unmatched_share=t.get("unmatched_share", v.share, d3.unmatched_share),
-        archive_stale_after=t.get("archive_stale_after", v.parse_duration, d3.archive_stale_after),
-    )
-    t.finish()
 
     return Config(
         source=path,
@@ -213,7 +214,7 @@ def _build(loader: _Loader, data: dict[str, Any], path: Path) -> Config:
 def _logs(
     loader: _Loader,
     raw: Any,
-    rel: Callable[[Optional[Path]], Optional[Path]],
+    rel_path: Callable[[Any], Path],
     import_flags: tuple[str, ...] = (),
 ) -> tuple[LogConfig, ...]:
     if not isinstance(raw, list):
@@ -227,7 +228,7 @@ def _logs(
             loader.error(where, "must be a table")
             continue
         t = _Table(loader, entry, where)
-        path = rel(t.get("path", v.path, None))
+        path = t.get("path", rel_path, None)
         name = t.get("name", v.name, None)
         if "path" not in entry:
             loader.error(f"{where}.path", "missing (the log file to import)")

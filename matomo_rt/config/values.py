@@ -46,6 +46,14 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def interval(value: Any) -> float:
+    """import.interval: a duration of at least a second."""
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError("must be at least 1s")
+    return seconds
+
+
 def parse_size(value: Any) -> int:
     """Bytes from 8388608, "8MiB", "512KiB"."""
     if isinstance(value, bool):
