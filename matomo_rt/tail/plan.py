@@ -346,8 +346,14 @@ class _Plan:
 
     def _current_moved(self, pos: Position, current: Generation) -> Position:
         offset = current.offset or 0
-        if current.fp.length == 0 and offset == 0:
-            return pos.with_current(None)  # nothing was read from it: nothing to finish
+        if (
+            current.fp.length == 0
+            and offset == 0
+            and any(current.same_file(c.dev, c.ino) for c in self.cands)
+        ):
+            # Nothing was read from it, and whatever its inode holds now (late lines, or
+            # another file on the reused inode) is read by its content (rotated_since).
+            return pos.with_current(None)
         c = self.find(current)
         live = self.live
         if c is not None:

@@ -258,6 +258,25 @@ def test_an_inode_reused_after_an_empty_generation_is_not_that_generation(
     assert got == b"".join(sim.expected)
 
 
+def test_a_generation_empty_when_seen_then_deleted_is_said_gone(log: Path, state: Path) -> None:
+    """Rule 1's other side: a generation with no fingerprint is not recognised by its inode,
+    but when no file has that inode any more, lines written to it after the last pass may be
+    gone with it, and the reader says so (it cannot know whether there were any)."""
+    sim = LogSim(log.parent)
+    clock = Clock()
+    got = take(log, state)  # the first pass: an empty log
+    sim.append(2)  # never read:
+    rotated = sim.rotate_rename()
+    rotated.unlink()  # `rotate 0`
+    sim.append(1)
+    clock.touch(sim.live)
+    warnings: list[Warning_] = []
+    got += take(log, state, warnings=warnings)
+    assert got == b"".join(sim.expected[-1:])
+    assert kinds(warnings) == ["lost"]
+    assert "if any" in warnings[0].message
+
+
 # -- rule 2: validate the resume point -----------------------------------------------------
 
 
