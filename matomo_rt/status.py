@@ -157,7 +157,7 @@ def _collect_log(
         token_key=token_key,
         log_format=format_name(log_config),
         unwritable=health.probe_state_dir(
-            config.state.dir, entry["pid"] if entry["running"] else None
+            config.state.dir, entry["pid"] if entry["running"] else None, state_path
         ),
         now=now,
     )

@@ -326,6 +326,31 @@ def test_a_state_dir_the_service_may_not_write_is_unwritable(tmp_path: Path) -> 
         proc.wait(timeout=10)
 
 
+def test_without_a_running_service_the_state_file_s_owner_must_be_able_to_write(
+    tmp_path: Path,
+) -> None:
+    """`import` from cron: no process holds the lock between runs, and the user who wrote the
+    state (its owner) is the one whose next run will fail."""
+    config = make_config(tmp_path)
+    commit_lines(config, "access", 1, {"last_success": NOW - 10})
+    state_file = state_paths(config, config.log("access"))[0]
+    assert entry_of(status.collect(config, now=NOW))["healthy"]
+    if os.geteuid() == 0:
+        os.chown(state_file, 65534, 65534)  # written by nobody; the directory is root's 0755
+    else:
+        config.state.dir.chmod(0o555)
+    try:
+        [problem] = entry_of(status.collect(config, now=NOW))["problems"]
+    finally:
+        config.state.dir.chmod(0o755)
+    assert problem["kind"] == "state_unwritable"
+    uid = 65534 if os.geteuid() == 0 else os.geteuid()
+    assert (
+        f"{config.state.dir}: no write permission for uid {uid} (the owner of"
+        in (problem["message"])
+    )
+
+
 def test_the_quarantine_file_is_counted(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     quarantine = state_paths(config, config.log("access"))[2]

@@ -1,12 +1,13 @@
 """Health: never "all fine" while nothing arrives.
 
 One verdict per log and for core:archive, shared by `status`, the metrics, `run`'s log lines
-and the exit codes, so they never disagree. Three parts, each owning its own:
+and the exit codes, so they never disagree. Its parts, each owning its own:
 
 - :mod:`.verdict`: the vocabulary (problem kinds, Problem, Verdict, the [health] settings);
-- :mod:`.facts`: what a verdict looks at and how the service records it (LogHealth, probe_file,
-  log_facts, ArchiveFacts);
-- :mod:`.judge`: facts -> verdict (judge_log, judge_archive).
+- :mod:`.facts`: what a verdict looks at and how the service records it (LogHealth, log_facts,
+  ArchiveFacts), and :mod:`.probes`: what a process sees now (probe_file, probe_state_dir);
+- :mod:`.judge`: facts -> verdict (judge_log, judge_archive);
+- :mod:`.announce`: the service's log of a change of health, said once.
 
 Callers use this package's names (``health.judge_log``, ``health.LOG_MISSING``).
 """
@@ -19,8 +20,6 @@ from matomo_rt.health.facts import (
     LogHealth,
     log_facts,
     pause_until,
-    probe_file,
-    probe_state_dir,
 )
 from matomo_rt.health.judge import (
     CONTRIB_LOG_FORMAT,
@@ -31,6 +30,7 @@ from matomo_rt.health.judge import (
     judge_log,
     wrong_format,
 )
+from matomo_rt.health.probes import probe_file, probe_state_dir
 from matomo_rt.health.verdict import (
     ARCHIVE_FAILED,
     ARCHIVE_FAILING,
