@@ -423,8 +423,12 @@ def test_late_lines_in_a_renamed_file_that_was_empty_keep_the_live_position(
 
 
 @pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
-def test_generation_compressed_before_we_finished_it(log: Path, state: Path, suffix: str) -> None:
-    """Rule 4: found by its decompressed head, read on from the stored offset."""
+@pytest.mark.parametrize("batch_lines", [1_000_000, 1])
+def test_generation_compressed_before_we_finished_it(
+    log: Path, state: Path, suffix: str, batch_lines: int
+) -> None:
+    """Rule 4: found by its decompressed head, read on from the stored offset (also one line
+    per batch, each batch a new process: a restart mid-way through it)."""
     sim = LogSim(log.parent)
     clock = Clock()
     sim.append(3)
@@ -436,7 +440,7 @@ def test_generation_compressed_before_we_finished_it(log: Path, state: Path, suf
     assert rotated.name == f"access.log.1{suffix}"
     sim.append(2)
     clock.touch(sim.live)
-    got += take(log, state)
+    got += take(log, state, max_lines=batch_lines)
     assert got == b"".join(sim.expected)
 
 
