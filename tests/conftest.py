@@ -19,16 +19,15 @@ Bytecode: the suite starts about a thousand Python processes (matomo-rt, the imp
 the console double, xdist workers). Under `PYTHONDONTWRITEBYTECODE` each of them compiled every
 module it imported, again, and each xdist worker rewrote every test module's asserts again (2.7 s
 of CPU per worker). The suite keeps that variable's promise (no `__pycache__` beside the sources)
-and still compiles each file once: into pytest's own cache directory (`.pytest_cache/`, emptied by
-`--cache-clear`), or with the cache plugin off into a temporary directory removed at the end.
+and still compiles each file once, into pytest's own cache directory (`.pytest_cache/`, emptied by
+`--cache-clear`); the first run fills it (the standard library too). With the cache plugin off
+(`-p no:cacheprovider`) nothing changes.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -48,29 +47,18 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
-#: The temporary bytecode directory this process made (removed when it ends), if any.
-_pycache_made: Path | None = None
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """Compile each file once, outside the source tree, when bytecode writes are off."""
-    global _pycache_made
+    cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
     if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
         return  # bytecode goes where the user wants it; or a parent run set this up already
-    cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
-    if cache is not None:
-        prefix = cache.mkdir("pycache")
-    else:
-        prefix = _pycache_made = Path(tempfile.mkdtemp(prefix="matomo-rt-tests-pycache-"))
-    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)  # xdist workers and every child inherit it
+    if cache is None:
+        return  # a prefix used once costs more than it saves: the stdlib is compiled into it too
+    prefix = str(cache.mkdir("pycache"))
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix  # xdist workers and every child inherit it
     del os.environ["PYTHONDONTWRITEBYTECODE"]
-    sys.pycache_prefix = str(prefix)
+    sys.pycache_prefix = prefix
     sys.dont_write_bytecode = False
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if _pycache_made is not None:
-        shutil.rmtree(_pycache_made, ignore_errors=True)
 
 
 def _opt_in_marker(path: Path) -> str | None:
