@@ -13,7 +13,8 @@ Tests marked `timing` assert on elapsed time: they share one xdist group, so the
 another on one worker instead of competing with each other for the CPU.
 
 Hypothesis: the `dev` profile (default) keeps property tests quick; `HYPOTHESIS_PROFILE=ci`
-(set by .ci/run) searches ten times as many examples.
+(set by .ci/run) searches ten times as many examples; `stress` searches 3,000 (minutes per
+property test: run it by hand on the one you changed) and prints the blob that replays a failure.
 
 Bytecode: the suite starts about a thousand Python processes (matomo-rt, the import_logs.py double,
 the console double, xdist workers). Under `PYTHONDONTWRITEBYTECODE` each of them compiled every
@@ -43,6 +44,13 @@ settings.register_profile(
 )
 settings.register_profile(
     "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "stress",
+    max_examples=3000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
