@@ -109,6 +109,7 @@ class Service:
         #: A change of health is logged once (per log, and for core:archive).
         self._announce_logs = Announcer(log)
         self._announce_archive = Announcer(log)
+        self._textfile_failing = False
         #: Jobs whose running pass outlasted a tick (said once per pass).
         self._overran: set[str] = set()
         scheduler_log = logging.getLogger("apscheduler.scheduler")
@@ -228,7 +229,15 @@ class Service:
             try:
                 metrics.write_textfile(self.config.metrics.textfile, metrics.render(self.metrics))
             except Exception as exc:  # metrics must never stop imports
-                log.warning("metrics.textfile: %s", exc)
+                # Rewritten after every job: say it once (a full disk would say it every
+                # second), and once more when it works again.
+                if not self._textfile_failing:
+                    log.warning("%s (said once, until it is written again)", exc)
+                self._textfile_failing = True
+            else:
+                if self._textfile_failing:
+                    log.info("metrics.textfile: written again")
+                self._textfile_failing = False
         sd_notify(f"STATUS=watching {len(self.sources)} logs")
 
     # -- lifecycle -----------------------------------------------------------------------

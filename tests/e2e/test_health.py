@@ -300,6 +300,31 @@ def test_a_state_dir_the_service_cannot_write_is_said_once_counted_and_seen_by_s
     assert len(rig.recorded()) == 3
 
 
+def test_a_metrics_textfile_that_cannot_be_written_is_said_once_not_after_every_job(rig):
+    """The textfile is rewritten after every job (every second here): a refused write is one
+    WARNING, and one INFO when it works again, not a warning per job."""
+    prefix = unable_to_override_permissions()
+    log = rig.logs / "access.log"
+    append(log, [access_line("/p/0")])
+    textdir = rig.base / "textfile"
+    textdir.mkdir()
+    prom = textdir / "matomo_rt.prom"
+    rig.write_config([("access", log)], extra=f'\n[metrics]\ntextfile = "{prom}"\n')
+    textdir.chmod(0o555)
+    try:
+        service = rig.start("-vv", "run", prefix=prefix)
+        service.wait_log("WARNING: metrics.textfile: ")
+        ticks(service, 3)
+        assert service.log().count("WARNING: metrics.textfile: ") == 1, service.log()
+        assert "metrics.textfile: metrics.textfile" not in service.log()
+    finally:
+        textdir.chmod(0o755)
+    service.wait_log("INFO: metrics.textfile: written again")
+    wait_for(prom.exists, 10, "the textfile")
+    service.send(signal.SIGTERM)
+    assert service.wait(15) == 0
+
+
 # ------------------------------------------------------------------------------------------
 # core:archive never succeeded since the service started
 # ------------------------------------------------------------------------------------------
