@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from matomo_rt.store import load_state
 
@@ -207,6 +209,75 @@ dir = "{self.state_dir}"
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+
+    def kill_at(
+        self,
+        proc: subprocess.Popen,
+        mode: str,
+        rng: random.Random,
+        *,
+        delay: float = 2.5,
+        ends: int = 5,
+    ) -> str:
+        """SIGKILL `proc` at the point `mode` names; where it happened, or "exited".
+
+        `early`: within 0.3 s (start-up, lock, the first batch); `random`: within `delay` s;
+        `after_end`: right after 1 to `ends` more importer runs ended (between an importer's
+        exit and the commit), waiting at most 10 s; `state_tmp`: while a state temp file
+        exists, waiting at most 5 s. The delay is the random variable here, not a wait for
+        something to happen.
+        """
+        if mode == "early":
+            time.sleep(rng.uniform(0.0, 0.3))
+        elif mode == "random":
+            time.sleep(rng.uniform(0.0, delay))
+        elif mode == "after_end":
+            target = self._ended() + rng.randint(1, ends)
+            deadline = time.monotonic() + 10
+            while proc.poll() is None and time.monotonic() < deadline:
+                if self._ended() >= target:
+                    break
+        elif mode == "state_tmp":
+            deadline = time.monotonic() + 5
+            while proc.poll() is None and time.monotonic() < deadline:
+                if any(n.endswith(".tmp") for n in os.listdir(self.state_dir)):
+                    break
+        if proc.poll() is not None:
+            return "exited"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return mode
+
+    def _ended(self) -> int:
+        return sum(1 for c in self.calls() if c.get("event") == "end")
+
+    def kill_rounds(
+        self,
+        rounds: int,
+        rng: random.Random,
+        modes: tuple[str, ...],
+        *args: str,
+        after_kill: Callable[[], None] = lambda: None,
+        what: str = "",
+        **kill: Any,
+    ) -> list[str]:
+        """Start `matomo-rt *args` and SIGKILL it at a point drawn from `modes` (see kill_at),
+        `rounds` times or until a run ends by itself (with exit 0). After each kill its
+        importers must be gone; then `after_kill()` (checks, more lines). The kill points, one
+        per kill."""
+        points = []
+        for _ in range(rounds):
+            proc = self.popen(*args)
+            where = self.kill_at(proc, rng.choice(modes), rng, **kill)
+            if where == "exited":
+                assert proc.returncode == 0, (
+                    f"{what}exit {proc.returncode}: {proc.stderr.read().decode(errors='replace')}"
+                )
+                break
+            points.append(where)
+            self.wait_importers_gone()
+            after_kill()
+        return points
 
     def state(self) -> Optional[dict[str, Any]]:
         return load_state(self.state_file)

@@ -14,9 +14,7 @@ most one batch (K x batch_lines) per such event; each visitor's hits stay in the
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -60,27 +58,6 @@ def visitor_order_kept(recorded: list[bytes]) -> bool:
     return all(seq == sorted(seq) for seq in by_ip.values())
 
 
-def _kill_at(rig: Rig, proc, mode: str, rng: random.Random) -> str:
-    if mode == "random":
-        time.sleep(rng.uniform(0.0, 2.5))
-    elif mode == "after_end":
-        target = sum(1 for c in rig.calls() if c.get("event") == "end") + rng.randint(1, 6)
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            if sum(1 for c in rig.calls() if c.get("event") == "end") >= target:
-                break
-    elif mode == "state_tmp":
-        deadline = time.monotonic() + 5
-        while proc.poll() is None and time.monotonic() < deadline:
-            if any(n.endswith(".tmp") for n in os.listdir(rig.state_dir)):
-                break
-    if proc.poll() is not None:
-        return "exited"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return mode
-
-
 @pytest.mark.parametrize("k", KS)
 def test_sigkill_with_workers_at_random_points(tmp_path: Path, result, k: int) -> None:
     time_budget = budget(12.0, 200.0)
@@ -92,17 +69,15 @@ def test_sigkill_with_workers_at_random_points(tmp_path: Path, result, k: int) -
         rng = random.Random(base_seed + iterations)
         rig = make_rig(tmp_path / f"it{iterations}", k)
         hits(rig, LINES)
-        kills_here = 0
-        for _ in range(rng.randint(1, 3)):
-            proc = rig.popen()
-            where = _kill_at(rig, proc, rng.choice(("random", "after_end", "state_tmp")), rng)
-            if where == "exited":
-                assert proc.returncode == 0, proc.stderr.read().decode(errors="replace")
-                break
-            kills_here += 1
-            rig.wait_importers_gone()
+
+        def after_kill(rig: Rig = rig, rng: random.Random = rng) -> None:
             rig.state()  # never damaged
             hits(rig, rng.randint(0, 2 * BATCH))
+
+        modes = ("random", "after_end", "state_tmp")
+        kills_here = len(
+            rig.kill_rounds(rng.randint(1, 3), rng, modes, after_kill=after_kill, ends=6)
+        )
         done = rig.run()
         assert done.returncode == 0, done.stderr
         lost, dups = rig.tally()
