@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -70,6 +71,7 @@ class Double:
         self.record = tmp / "record"
         self.calls = tmp / "calls"
         self.control = tmp / "control.json"
+        self.started: list[subprocess.Popen[bytes]] = []
 
     def env(self, control: Optional[dict[str, Any]], extra: Optional[dict[str, str]]) -> dict:
         if control is not None:
@@ -135,6 +137,7 @@ class Double:
             )
         finally:
             signal.signal(signal.SIGINT, caught)
+        self.started.append(proc)
         assert proc.stdin is not None
         proc.stdin.write(stdin)
         proc.stdin.close()
@@ -143,8 +146,13 @@ class Double:
 
 
 @pytest.fixture
-def double(tmp_path: Path) -> Double:
-    return Double(tmp_path)
+def double(tmp_path: Path) -> Iterator[Double]:
+    runner = Double(tmp_path)
+    yield runner
+    for proc in runner.started:  # a failed hang test must not leave its double waiting forever
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def normalise(stdout: str) -> str:
