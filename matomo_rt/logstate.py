@@ -355,6 +355,14 @@ class LogState:
         error = {"time": self.clock(), "outcome": outcome, "reason": reason}
         self._commit(self.position, last_error=error, add_failed_batches=1, **extra)
 
+    def auth_pause(self) -> dict[str, Any]:
+        """The statistics' record of a pause after Matomo refused the token: until when, and
+        for which URL and token (a new token lifts it)."""
+        return {
+            "until": self.clock() + health.AUTH_PAUSE_SECONDS,
+            "key": auth_key(self.config.matomo.url, self.token),
+        }
+
     def auth_paused(self) -> Optional[str]:
         """Why imports are paused after Matomo refused the token, or None."""
         until = health.pause_until(

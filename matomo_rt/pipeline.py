@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from matomo_rt import execute, health, workers
 from matomo_rt.config import Config, ConfigError, import_problems, load_token
 from matomo_rt.guard import GuardResult, checker, guarded_chunks
-from matomo_rt.logstate import MAX_LINE_BYTES, LogState, auth_key
+from matomo_rt.logstate import MAX_LINE_BYTES, LogState
 from matomo_rt.matomo import importer
 from matomo_rt.tail import Batch
 
@@ -217,10 +217,7 @@ class Source(LogState):
         if result.outcome == importer.UNCERTAIN:
             extra["add_uncertain_batches"] = 1
         if result.outcome == importer.AUTH:
-            extra["auth_pause"] = {
-                "until": self.clock() + AUTH_PAUSE_SECONDS,
-                "key": auth_key(self.config.matomo.url, self.token),
-            }
+            extra["auth_pause"] = self.auth_pause()
             log.error(
                 "%s: Matomo refused the token (%s); no more imports for an hour or until the"
                 " token changes",

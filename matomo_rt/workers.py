@@ -400,12 +400,7 @@ def _fail(
         report.uncertain += 1
     extra: dict[str, Any] = {"add_uncertain_batches": 1} if tally.uncertain else {}
     if tally.outcome == importer.AUTH:
-        from matomo_rt.pipeline import AUTH_PAUSE_SECONDS, auth_key
-
-        extra["auth_pause"] = {
-            "until": source.clock() + AUTH_PAUSE_SECONDS,
-            "key": auth_key(source.config.matomo.url, source.token),
-        }
+        extra["auth_pause"] = source.auth_pause()
         log.error(
             "%s: Matomo refused the token (%s); no more imports for an hour or until the"
             " token changes",
