@@ -35,6 +35,9 @@ class ArchiveResult:
     outcome: str
     reason: str
     duration: float
+    #: Why the run is not in archive.state.json (the disk refused it), or None. Not raised:
+    #: core:archive has worked by then, and its outcome must still reach the caller.
+    unrecorded: Optional[str] = None
 
 
 def build_argv(php: str, console: Path, url: str, flags: tuple[str, ...]) -> list[str]:
@@ -186,10 +189,48 @@ def after_run(
     )
 
 
+def after_write(
+    facts: health.ArchiveFacts, refused: Optional[str], now: float
+) -> health.ArchiveFacts:
+    """The facts once the record was written (`refused` None) or the disk refused it: the
+    verdict's state_unwritable, since the first refused write, and the refused writes' count."""
+    if refused is None:
+        return dataclasses.replace(facts, unwritable=None, unwritable_since=None)
+    return dataclasses.replace(
+        facts,
+        unwritable=refused,
+        unwritable_since=facts.unwritable_since if facts.unwritable is not None else now,
+        write_failures=facts.write_failures + 1,
+    )
+
+
+def _record(state_path: Path, started: float, ended: float, outcome: str, reason: str) -> None:
+    """Add one run to archive.state.json; StateError if it cannot be read or written."""
+    previous = _previous(state_path)
+    record = {
+        "last_run": {
+            "start": started,
+            "end": ended,
+            "outcome": outcome,
+            "reason": reason,
+            "duration": ended - started,
+        },
+        "runs": _count(previous.get("runs")) + 1,
+        "failures": _count(previous.get("failures")) + (outcome in (FAILURE, TIMEOUT)),
+    }
+    if outcome in (SUCCESS, WARNING):
+        record["last_success"] = ended
+    elif isinstance(previous.get("last_success"), (int, float)):
+        record["last_success"] = previous["last_success"]
+    save_state(state_path, record)
+
+
 def run_archive(config: Config, progress: bool = False) -> ArchiveResult:
     """Run core:archive once (never two at once) and record the outcome for `status`.
 
-    `progress`: show the elapsed time while it runs (the one-shot command does).
+    `progress`: show the elapsed time while it runs (the one-shot command does). A record the
+    disk refuses is the result's `unrecorded`, for the caller to say (once, for the service);
+    StateError only when the state directory or the lock cannot be had: nothing ran.
     """
     matomo = config.matomo
     if matomo.url is None or matomo.console is None:
@@ -216,24 +257,12 @@ def run_archive(config: Config, progress: bool = False) -> ArchiveResult:
         except execute.ExecError as exc:
             outcome, reason = FAILURE, str(exc)
         ended = time.time()
-        result = ArchiveResult(outcome, reason, ended - started)
-        previous = _previous(state_path)
-        record = {
-            "last_run": {
-                "start": started,
-                "end": ended,
-                "outcome": outcome,
-                "reason": reason,
-                "duration": result.duration,
-            },
-            "runs": _count(previous.get("runs")) + 1,
-            "failures": _count(previous.get("failures")) + (outcome in (FAILURE, TIMEOUT)),
-        }
-        if outcome in (SUCCESS, WARNING):
-            record["last_success"] = ended
-        elif isinstance(previous.get("last_success"), (int, float)):
-            record["last_success"] = previous["last_success"]
-        save_state(state_path, record)
+        unrecorded: Optional[str] = None
+        try:
+            _record(state_path, started, ended, outcome, reason)
+        except StateError as exc:
+            unrecorded = str(exc)
+        result = ArchiveResult(outcome, reason, ended - started, unrecorded)
     if outcome == SUCCESS:
         log.info("core:archive done in %.1fs", result.duration)
     elif outcome == WARNING:

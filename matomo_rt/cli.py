@@ -85,7 +85,15 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
     config = _load_config(args)
     result = run_archive(config, progress=True)
-    return EXIT_FAILURE if result.outcome in (FAILURE, TIMEOUT) else EXIT_OK
+    if result.unrecorded is not None:  # core:archive ran; `status` will not know it did
+        log.error(
+            "%s; core:archive ran, but `status` shows the previous run until a run is"
+            " recorded: free space on state.dir's file system or make it writable",
+            result.unrecorded,
+        )
+    if result.outcome in (FAILURE, TIMEOUT):
+        return EXIT_FAILURE
+    return EXIT_OK if result.unrecorded is None else EXIT_CANTCREAT
 
 
 def _cmd_seek(args: argparse.Namespace) -> int:
@@ -219,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run core:archive once now",
         description="Run `php <matomo.path>/console core:archive --url=<matomo.url>` plus "
         "archive.flags, never two at once. Exit codes: 0 done (also when core:archive only "
-        "logged warnings), 1 failed or timed out, 75 another archive runs, 78 invalid "
-        "configuration.",
+        "logged warnings), 1 failed or timed out, 73 core:archive worked but its record "
+        "(archive.state.json in state.dir) cannot be written, 75 another archive runs, 78 "
+        "invalid configuration.",
     )
     arch.set_defaults(func=_cmd_archive)
 

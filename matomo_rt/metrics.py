@@ -205,6 +205,13 @@ class ServiceCollector(Collector):
             "core:archive runs that failed or timed out.",
             value=facts.failures,
         )
+        # Not a sample of matomo_rt_state_write_failures_total: its `log` label names logs,
+        # and a log may be called "archive".
+        yield CounterMetricFamily(
+            "matomo_rt_archive_state_write_failures_total",
+            "Writes of the archive state (or its lock) the disk refused (full, read-only).",
+            value=facts.write_failures,
+        )
         verdict = health.judge_archive(facts, now, self.settings())
         yield GaugeMetricFamily(
             "matomo_rt_archive_healthy",

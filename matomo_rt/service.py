@@ -211,7 +211,18 @@ class Service:
         except LockedError as exc:  # a one-shot `matomo-rt archive` (cron) runs right now
             log.warning("core:archive: skipped this run: %s", exc)
             return
-        self.archive = archiver.after_run(self.archive, result, time.time())
+        except StateError as exc:
+            # The state directory or the lock cannot be had (read-only, full, permissions):
+            # core:archive did not run. The verdict's state_unwritable says it, once.
+            refused = f"core:archive did not run: {exc}"
+            self.archive = archiver.after_write(self.archive, refused, time.time())
+            return
+        now = time.time()
+        # The run is in memory whatever the disk said, so the service's metrics and log know
+        # it worked (or failed); a refused record is the verdict's (said once, reminded).
+        self.archive = archiver.after_write(
+            archiver.after_run(self.archive, result, now), result.unrecorded, now
+        )
 
     def _log_archive_health(self) -> None:
         """A change of core:archive's health, once (its failures are logged as they happen)."""

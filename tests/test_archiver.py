@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from matomo_rt import archiver
+from matomo_rt import archiver, store
 from matomo_rt.archiver import FAILURE, SUCCESS, TIMEOUT, WARNING, build_argv, classify, run_archive
 from matomo_rt.config import load
+from matomo_rt.metrics import render
+from matomo_rt.service import Service
+from tests.e2e.test_health import unable_to_override_permissions
 
 CONSOLE = Path(__file__).resolve().parent / "doubles" / "console"
 
@@ -127,3 +133,126 @@ def test_a_damaged_archive_state_is_moved_aside_and_written_anew(
         assert "archive.state.json.damaged" in caplog.text
     assert run_archive(config).outcome == SUCCESS
     assert json.loads(state.read_text())["runs"] == 2
+
+
+def refuse_archive_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk under archive.state.json: its write fails as the kernel fails it (ENOSPC);
+    the service's other files are written as usual."""
+    real = store.atomic_write
+
+    def write(path: Path, data: bytes, mode: int = 0o644) -> None:
+        if path.name == "archive.state.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data, mode)
+
+    monkeypatch.setattr(store, "atomic_write", write)
+
+
+def test_a_record_the_disk_refuses_does_not_hide_what_core_archive_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """core:archive has worked when its record is refused: the result says both."""
+    config = load(archive_config(tmp_path))
+    refuse_archive_writes(monkeypatch)
+    result = run_archive(config)
+    assert result.outcome == SUCCESS
+    assert result.unrecorded is not None
+    assert "archive.state.json: cannot write state: No space left on device" in result.unrecorded
+
+
+def test_the_service_keeps_a_run_the_disk_refused_says_it_once_and_its_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full state disk at archive time: the run reaches the service's memory (metrics), the
+    refused record is one ERROR (no traceback, none per job), reminded at most every
+    REMIND_SECONDS, counted, a problem of the archive's verdict, and one INFO once written."""
+    path = archive_config(tmp_path)
+    service = Service(load(path), path)
+    refuse_archive_writes(monkeypatch)
+    with caplog.at_level(logging.INFO):
+        service._job("archive", service._archive_tick)
+        service._job("archive", service._archive_tick)
+    said = [r for r in caplog.records if r.name.startswith("matomo_rt")]
+    assert not [r for r in said if r.exc_info], caplog.text
+    assert "unexpected error" not in caplog.text
+    errors = [r.getMessage() for r in said if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("archive: state cannot be written since ")
+    assert "No space left on device" in errors[0]
+    text = render(service.metrics)
+    assert sample(text, "matomo_rt_archive_runs_total") == 2
+    assert sample(text, "matomo_rt_archive_last_success") == 1
+    assert sample(text, "matomo_rt_archive_state_write_failures_total") == 2
+    assert sample(text, 'matomo_rt_archive_problem{problem="state_unwritable"}') == 1
+
+    service._announce_archive.remind_seconds = 0.0  # as if REMIND_SECONDS had passed
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        service._job("archive", service._archive_tick)
+    assert "ERROR" in caplog.text and "archive: still: state cannot be written" in caplog.text
+
+    monkeypatch.undo()  # space freed
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        service._job("archive", service._archive_tick)
+    assert "archive: recovered: the state is written again" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    text = render(service.metrics)
+    assert sample(text, 'matomo_rt_archive_problem{problem="state_unwritable"}') == 0
+    assert sample(text, "matomo_rt_archive_state_write_failures_total") == 3
+    assert sample(text, "matomo_rt_archive_runs_total") == 4
+
+
+def test_a_lock_that_cannot_be_had_is_one_line_not_a_traceback_every_hour(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """archive.lock cannot be opened (here a directory stands in its place): core:archive does
+    not run, and the service says why once, as the archive's state_unwritable."""
+    path = archive_config(tmp_path)
+    config = load(path)
+    _, lock_path = archiver.archive_paths(config)
+    lock_path.mkdir(parents=True)
+    service = Service(config, path)
+    with caplog.at_level(logging.INFO):
+        service._job("archive", service._archive_tick)
+        service._job("archive", service._archive_tick)
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "core:archive did not run: " in errors[0]
+    assert "archive.lock: cannot open lock file: Is a directory" in errors[0]
+    assert sample(render(service.metrics), "matomo_rt_archive_runs_total") == 0
+
+
+def test_a_one_shot_archive_whose_record_is_refused_says_so_and_exits_73(tmp_path: Path) -> None:
+    """`matomo-rt archive` from cron, state.dir not writable for its user: core:archive's own
+    outcome is said, then one line naming the file and the fix; exit 73, no traceback."""
+    prefix = unable_to_override_permissions()
+    path = archive_config(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "archive.lock").touch()  # an earlier run made it
+    state.chmod(0o555)
+    try:
+        done = subprocess.run(
+            [*prefix, sys.executable, "-m", "matomo_rt", "-c", str(path), "archive"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        state.chmod(0o755)
+    assert done.returncode == 73, done.stderr
+    assert "INFO: core:archive done in " in done.stderr
+    (error,) = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert "archive.state.json: cannot write state: Permission denied" in error
+    assert "make it writable" in error
+    assert "Traceback" not in done.stderr
+    assert not (state / "archive.state.json").exists()
+
+
+def sample(text: str, name: str) -> Optional[float]:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None

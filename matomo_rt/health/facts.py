@@ -264,3 +264,8 @@ class ArchiveFacts:
     #: Since when a run is expected: the service's start (None: no service runs). A
     #: core:archive that never succeeded is stale once archive_stale_after has passed since.
     watched_since: Optional[float] = None
+    #: Why the last run could not be recorded (the disk refused archive.state.json or its
+    #: lock), or None; since when (the first refused write), and how many were refused.
+    unwritable: Optional[str] = None
+    unwritable_since: Optional[float] = None
+    write_failures: int = 0

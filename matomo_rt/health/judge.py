@@ -140,13 +140,16 @@ def judge_log(facts: LogFacts, now: float, settings: Settings = DEFAULTS) -> Ver
     return Verdict(facts.name, tuple(problems))
 
 
+def _since(since: Optional[float], now: float) -> str:
+    if since is None:
+        return ""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    return f" since {stamp} ({_ago(max(now - since, 0.0))} ago)"
+
+
 def _unwritable(facts: LogFacts, now: float) -> Problem:
     """Nothing can be committed: the position stays in memory, nothing more is imported."""
-    since = facts.unwritable_since or facts.last_written
-    when = ""
-    if since is not None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
-        when = f" since {stamp} ({_ago(max(now - since, 0.0))} ago)"
+    when = _since(facts.unwritable_since or facts.last_written, now)
     return Problem(
         STATE_UNWRITABLE,
         f"state cannot be written{when}: {facts.unwritable}",
@@ -238,6 +241,17 @@ def judge_archive(facts: ArchiveFacts, now: float, settings: Settings = DEFAULTS
                 ARCHIVE_FAILING,
                 f"the last core:archive run failed ({facts.last_outcome}): {reason}",
                 "run `matomo-rt -v archive` to see core:archive's output",
+            )
+        )
+    if facts.unwritable is not None:
+        when = _since(facts.unwritable_since, now)
+        problems.append(
+            Problem(
+                STATE_UNWRITABLE,
+                f"state cannot be written{when}: {facts.unwritable}",
+                "free space on the file system of state.dir, or make state.dir writable for the"
+                " service's user; meanwhile the service's metrics show the runs (`status`"
+                " shows the last one recorded)",
             )
         )
     stale = _archive_stale(facts, now, settings.archive_stale_after)

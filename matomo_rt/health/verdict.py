@@ -34,7 +34,7 @@ LOG_PROBLEMS = (
 )
 ARCHIVE_FAILING = "archive_failing"
 ARCHIVE_STALE = "archive_stale"
-ARCHIVE_PROBLEMS = (ARCHIVE_FAILING, ARCHIVE_STALE)
+ARCHIVE_PROBLEMS = (ARCHIVE_FAILING, ARCHIVE_STALE, STATE_UNWRITABLE)
 
 #: Archive outcomes that count as a failed run (a "warning" run did archive).
 ARCHIVE_FAILED = ("failure", "timeout")
