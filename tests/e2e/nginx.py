@@ -177,6 +177,66 @@ http {{
         assert self.proc is not None
         return self.proc.pid
 
+    def worker_pids(self) -> list[int]:
+        """The master's children (the workers), from /proc."""
+        master = self.master_pid()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(b")") + 2 :].split()[1]) == master:
+                pids.append(int(entry.name))
+        return pids
+
+    def writes_to_current_log(self) -> bool:
+        """Whether every worker holds the file now at `access_log` open (it has reopened its
+        logs since the last rotation): a request it serves from now on is logged there."""
+        try:
+            current = os.stat(self.access_log)
+        except FileNotFoundError:
+            return False
+        workers = self.worker_pids()
+        return bool(workers) and all(
+            _holds_open(pid, (current.st_dev, current.st_ino)) for pid in workers
+        )
+
+    def wait_reopened(self) -> None:
+        """Until every worker writes to the current access log.
+
+        logrotate's postrotate `kill -USR1` returns at once; the master then reopens and tells
+        its workers, which reopen when they next wake. Until then a worker logs into the old
+        file, which logrotate may already have gzipped and deleted (`compress` alone).
+        """
+        deadline = time.monotonic() + STOP_DEADLINE
+        while not self.writes_to_current_log():
+            if time.monotonic() >= deadline:
+                pytest.fail(
+                    f"nginx workers did not reopen {self.access_log} within {STOP_DEADLINE}s:\n"
+                    + self.error_log_text()
+                )
+            time.sleep(0.02)
+
+
+def _holds_open(pid: int, identity: tuple[int, int]) -> bool:
+    """Whether process `pid` has a file with this (st_dev, st_ino) open."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            st = os.stat(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == identity:
+            return True
+    return False
+
 
 @contextlib.contextmanager
 def running_nginx(base: Path, extra_http: str = "") -> Iterator[Nginx]:
@@ -283,6 +343,7 @@ class Logrotate:
     def __init__(self, mode: str, ngx: Nginx, work: Path) -> None:
         assert LOGROTATE is not None
         self.mode = mode
+        self.ngx = ngx
         self.conf = work / f"logrotate-{mode}.conf"
         self.state = work / "logrotate.state"
         self.conf.write_text(logrotate_conf(mode, ngx.log_dir, ngx.master_pid()), "utf-8")
@@ -309,10 +370,13 @@ class Logrotate:
         )
 
     def finish(self, proc: subprocess.Popen) -> None:
+        """logrotate done, and nginx (signalled by postrotate) writing to the new file."""
         out, err = proc.communicate(timeout=30)
         self.last_done = time.time()
         assert proc.returncode == 0, f"logrotate failed ({proc.returncode}):\n{out}{err}"
         assert "error" not in err.lower(), err
+        if self.mode != "copytruncate":  # the others signal nginx to reopen its logs
+            self.ngx.wait_reopened()
 
     def rotate(self) -> None:
         self.finish(self.start())

@@ -100,14 +100,19 @@ class Traffic:
         """
         wanted = {request["path"] for request in self.sent[self.since_rotation :]}
 
-        def written() -> bool:
+        def logged() -> set[str]:
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
-                return False
-            return wanted <= {line["path"] for line in parse(data.splitlines())}
+                return set()
+            return {line["path"] for line in parse(data.splitlines())}
 
-        wait_for(written, deadline, f"every request written to {path.name}")
+        def missing() -> str:
+            return f"not in {path.name}: {sorted(wanted - logged())}"
+
+        wait_for(
+            lambda: wanted <= logged(), deadline, f"every request written to {path.name}", missing
+        )
 
     def rotated(self) -> None:
         """Requests sent from now on go to the new file."""
