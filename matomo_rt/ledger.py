@@ -109,6 +109,11 @@ def _claim_of(config: Config, log_config: LogConfig, f: Content) -> Optional[str
             continue
         if isinstance(skipped, list) and gen.fp.to_json() in skipped:
             return None  # left unread by the log's first run: history's to import
+        if gen.offset is not None and gen.offset < f.length:
+            # Read in part (a batch boundary, lines written after the rename): the log reads
+            # the rest at its next pass.
+            read = f"{gen.offset:,} of its {f.length:,} bytes"
+            return f"log {name} is reading it (it has read {read})"
         if skipped is None:
             return (
                 f"log {name} has passed it and its state (from before import-files) does not"

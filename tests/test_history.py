@@ -287,6 +287,32 @@ def test_history_left_by_the_first_run_is_importable_but_not_what_the_log_read(
     assert rig.recorded()[-5:] == lines("old", 5)
 
 
+def test_a_generation_the_log_read_in_part_is_one_it_is_reading_not_imported_already(
+    rig: Rig,
+) -> None:
+    """Lines the web server wrote to the old file after its rename: the log moved past the
+    generation but reads those at its next pass, so import-files must not call it imported."""
+    live = write(rig.logs / "access.log", b"".join(lines("live", 3)))
+    config = rig.config(LIVE.format(path=live, start_at="end"))
+    _open_pass(config)  # first run: starts at the end
+    with open(live, "ab") as fh:
+        fh.write(b"".join(lines("new", 3)))
+    _open_pass(config)
+    rotated = live.rename(rig.logs / "access.log.0")
+    write(live, b"".join(lines("newer", 2)))
+    _open_pass(config)  # access.log.0 finished, read to its end as it was
+    with open(rotated, "ab") as fh:  # nginx not yet reopened: late lines into the old file
+        fh.write(b"".join(lines("late", 2)))
+    size = rotated.stat().st_size
+    code, table = rig.run(config, rotated)
+    assert code == 1
+    said = status_of(table, "access.log.0")
+    assert "log web is reading it" in said and "imported it already" not in said
+    assert f"of its {size:,} bytes" in said
+    _open_pass(config)
+    assert rig.recorded() == lines("new", 3) + lines("newer", 2) + lines("late", 2)
+
+
 def test_format_and_site_options(rig: Rig) -> None:
     config = rig.config()
     f = write(
