@@ -31,7 +31,6 @@ AUTH_PAUSE_SECONDS = health.AUTH_PAUSE_SECONDS
 QUIET_SUCCESS_SECONDS = 60.0
 #: A pass's outcome when the live file cannot be read (see PassReport.file_problem).
 FILE_PROBLEM = "file"
-STDIN_CHUNK = 1 << 20
 
 
 @dataclass
@@ -145,7 +144,7 @@ class Source(LogState):
         """Hand one batch to the importer and commit what its outcome allows."""
         checked = GuardResult()
         stdin = guarded_chunks(
-            batch.iter_lines(), checked, STDIN_CHUNK, checker(self.log_config.log_format)
+            batch.iter_lines(), checked, execute.STDIN_CHUNK, checker(self.log_config.log_format)
         )
         first = next(stdin, None)
         if first is None:  # every line quarantined: nothing to import

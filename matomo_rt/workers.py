@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
+from matomo_rt.execute import STDIN_CHUNK
 from matomo_rt.guard import checker, guard
 from matomo_rt.matomo import importer
 from matomo_rt.partition import split, visitor_key
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPEN_BATCH_VERSION = 1
-STDIN_CHUNK = 1 << 20
 #: Combining outcomes: the most serious one names the batch's outcome.
 _SEVERITY = (
     importer.SUCCESS,

@@ -69,6 +69,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Bytes a child's stdin is fed in at a time: big enough for few syscalls, small enough to stop
+#: quickly when the child dies (pipeline and workers cut their input into pieces of this size).
+STDIN_CHUNK = 1 << 20
 #: Never inherited by a child: a token in $MATOMO_TOKEN_AUTH is handed to import_logs.py alone,
 #: through ``env_extra`` (matomo_rt.matomo.importer.child_env).
 PRIVATE_ENV = frozenset([TOKEN_ENV])
