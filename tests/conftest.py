@@ -1,6 +1,6 @@
 """What the default test command runs, and how hard the property tests search.
 
-The default command (README: `pytest -q -n 4`) is the fast suite. Two directories hold slower
+The default command (README: `pytest -q -n 6`) is the fast suite. Two directories hold slower
 suites that run as their own steps in `.ci/run` and are deselected unless asked for:
 
 * `tests/faults/` (marker `faults`): the fault-injection suite behind docs/reliability.md;

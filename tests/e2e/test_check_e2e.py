@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICE_USER, SERVICE_GROUP, LOG_GROUP = "www-data", "www-data", "adm"
 DEADLINE = 60.0
 
+pytestmark = pytest.mark.e2e  # real nginx, and matomo-rt as real processes
+
 
 def _ids(user: str, group: str) -> Optional[tuple[int, int]]:
     try:
