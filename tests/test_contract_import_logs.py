@@ -130,8 +130,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+_WITH_SIGINT_DEFAULT = (
+    "import os,signal,sys;signal.signal(signal.SIGINT,signal.SIG_DFL);"
+    "os.execv(sys.argv[1],sys.argv[1:])"
+)
+
+
 def _run(argv: list[str], sc: Scenario, env: dict[str, str]) -> tuple[Any, str, str]:
     """Run one side; for a scenario that hangs, return "hang" once the hang is evident."""
+    if sc.interrupt:  # SIGINT at its default, as in a terminal: not ignored if the suite's was
+        argv = [sys.executable, "-c", _WITH_SIGINT_DEFAULT, *argv]
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
@@ -677,3 +685,13 @@ def test_facts_the_parser_relies_on(outcomes: dict[str, tuple[Outcome, Outcome]]
     refused, _ = outcomes["refused_not_superuser"]
     assert "The Matomo tracker identified 2 invalid requests." in refused.stderr
     assert refused.code == 0 and refused.held == 0
+
+
+def test_sigint_ends_a_hung_import_on_both_sides(
+    outcomes: dict[str, tuple[Outcome, Outcome]],
+) -> None:
+    """Ctrl-C stops a hung import_logs.py; also when the suite itself was started with SIGINT
+    ignored (`cmd &` in a script), which a child would otherwise inherit."""
+    real, double = outcomes["non_json_answer_then_sigint"]
+    assert real.code != "hang" and double.code != "hang", (real.code, double.code)
+    assert double.code == real.code
