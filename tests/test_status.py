@@ -540,15 +540,14 @@ def test_ages(delta: float, text: str) -> None:
     assert status.age(None, NOW) == "never"
 
 
-@pytest.mark.timing
-def test_collect_is_fast_enough_for_every_scrape(tmp_path: Path) -> None:
-    config = make_config(tmp_path, names=tuple(f"log{i}" for i in range(20)))
+def test_collect_reports_every_configured_log_in_config_order(tmp_path: Path) -> None:
+    """What one scrape costs per log is measured in bench/status (docs/benchmarks.md)."""
+    names = tuple(f"log{i}" for i in range(20))
+    config = make_config(tmp_path, names=names)
     for i in range(20):
         commit_lines(config, f"log{i}", 5, {"lines_read": 5})
-    started = time.monotonic()
     report = status.collect(config)
-    assert time.monotonic() - started < 2
-    assert len(report["logs"]) == 20
+    assert tuple(e["name"] for e in report["logs"]) == names
 
 
 def test_the_status_command_loads_no_process_scheduler_or_metrics_library(tmp_path: Path) -> None:
