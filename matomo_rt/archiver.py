@@ -31,6 +31,16 @@ _WARNING_TEXT = "error or warning logs detected"
 
 
 @dataclass(frozen=True)
+class Counts:
+    """Runs, failures and the last success's time: archive.state.json's once written, or the
+    service's runs whose record the disk refused (for the next written record to add)."""
+
+    runs: int = 0
+    failures: int = 0
+    last_success: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class ArchiveResult:
     outcome: str
     reason: str
@@ -38,6 +48,8 @@ class ArchiveResult:
     #: Why the run is not in archive.state.json (the disk refused it), or None. Not raised:
     #: core:archive has worked by then, and its outcome must still reach the caller.
     unrecorded: Optional[str] = None
+    #: The counts archive.state.json says now (this run and any carried in), None if unrecorded.
+    recorded: Optional[Counts] = None
 
 
 def build_argv(php: str, console: Path, url: str, flags: tuple[str, ...]) -> list[str]:
@@ -171,21 +183,41 @@ def load_facts(config: Config) -> health.ArchiveFacts:
     )
 
 
+def carried(facts: health.ArchiveFacts) -> Counts:
+    """What the service knows that archive.state.json may lack, for run_archive to record."""
+    return Counts(facts.unrecorded_runs, facts.unrecorded_failures, facts.last_success)
+
+
 def after_run(
     facts: health.ArchiveFacts, result: ArchiveResult, ended: float
 ) -> health.ArchiveFacts:
-    """The facts once `result` is in: what the service knows without re-reading the state."""
+    """The facts once `result` is in: what the service knows without re-reading the state.
+
+    A recorded run's counts are the file's (one-shot runs included), so memory and file agree;
+    an unrecorded one is counted in memory and carried until a record is written."""
     failed = result.outcome in (FAILURE, TIMEOUT)
+    if result.recorded is not None:
+        counts, unrecorded_runs, unrecorded_failures = result.recorded, 0, 0
+    else:
+        counts = Counts(
+            facts.runs + 1,
+            facts.failures + failed,
+            facts.last_success if failed else ended,
+        )
+        unrecorded_runs = facts.unrecorded_runs + 1
+        unrecorded_failures = facts.unrecorded_failures + failed
     return dataclasses.replace(
         facts,
         state_error=None,
-        runs=facts.runs + 1,
-        failures=facts.failures + failed,
+        runs=counts.runs,
+        failures=counts.failures,
         last_outcome=result.outcome,
         last_reason=result.reason,
         last_end=ended,
         last_duration=result.duration,
-        last_success=facts.last_success if failed else ended,
+        last_success=counts.last_success,
+        unrecorded_runs=unrecorded_runs,
+        unrecorded_failures=unrecorded_failures,
     )
 
 
@@ -204,10 +236,29 @@ def after_write(
     )
 
 
-def _record(state_path: Path, started: float, ended: float, outcome: str, reason: str) -> None:
-    """Add one run to archive.state.json; StateError if it cannot be read or written."""
+def _record(
+    state_path: Path,
+    started: float,
+    ended: float,
+    outcome: str,
+    reason: str,
+    carried: Counts = Counts(),
+) -> Counts:
+    """Add one run, and the `carried` runs whose records the disk refused, to
+    archive.state.json; the counts written. StateError if it cannot be read or written.
+
+    The file's counts plus the carried ones, not the larger of file and memory: a one-shot
+    `matomo-rt archive` may have recorded runs the service never saw, and neither's may be
+    lost to the other's. The last success is the later of the file's and the carried one."""
     previous = _previous(state_path)
-    record = {
+    failed = outcome in (FAILURE, TIMEOUT)
+    known = (_num(previous.get("last_success")), carried.last_success)
+    counts = Counts(
+        _count(previous.get("runs")) + carried.runs + 1,
+        _count(previous.get("failures")) + carried.failures + failed,
+        max((t for t in known if t is not None), default=None) if failed else ended,
+    )
+    record: dict[str, Any] = {
         "last_run": {
             "start": started,
             "end": ended,
@@ -215,22 +266,25 @@ def _record(state_path: Path, started: float, ended: float, outcome: str, reason
             "reason": reason,
             "duration": ended - started,
         },
-        "runs": _count(previous.get("runs")) + 1,
-        "failures": _count(previous.get("failures")) + (outcome in (FAILURE, TIMEOUT)),
+        "runs": counts.runs,
+        "failures": counts.failures,
     }
-    if outcome in (SUCCESS, WARNING):
-        record["last_success"] = ended
-    elif isinstance(previous.get("last_success"), (int, float)):
-        record["last_success"] = previous["last_success"]
+    if counts.last_success is not None:
+        record["last_success"] = counts.last_success
     save_state(state_path, record)
+    return counts
 
 
-def run_archive(config: Config, progress: bool = False) -> ArchiveResult:
+def run_archive(
+    config: Config, progress: bool = False, carried: Counts = Counts()
+) -> ArchiveResult:
     """Run core:archive once (never two at once) and record the outcome for `status`.
 
-    `progress`: show the elapsed time while it runs (the one-shot command does). A record the
-    disk refuses is the result's `unrecorded`, for the caller to say (once, for the service);
-    StateError only when the state directory or the lock cannot be had: nothing ran.
+    `progress`: show the elapsed time while it runs (the one-shot command does). `carried`:
+    the service's runs not yet in the file (see `carried()`); the one-shot command has none
+    and counts from the file alone. A record the disk refuses is the result's `unrecorded`,
+    for the caller to say (once, for the service); StateError only when the state directory
+    or the lock cannot be had: nothing ran.
     """
     matomo = config.matomo
     if matomo.url is None or matomo.console is None:
@@ -258,11 +312,12 @@ def run_archive(config: Config, progress: bool = False) -> ArchiveResult:
             outcome, reason = FAILURE, str(exc)
         ended = time.time()
         unrecorded: Optional[str] = None
+        recorded: Optional[Counts] = None
         try:
-            _record(state_path, started, ended, outcome, reason)
+            recorded = _record(state_path, started, ended, outcome, reason, carried)
         except StateError as exc:
             unrecorded = str(exc)
-        result = ArchiveResult(outcome, reason, ended - started, unrecorded)
+        result = ArchiveResult(outcome, reason, ended - started, unrecorded, recorded)
     if outcome == SUCCESS:
         log.info("core:archive done in %.1fs", result.duration)
     elif outcome == WARNING:

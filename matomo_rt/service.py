@@ -207,7 +207,7 @@ class Service:
 
     def _archive_tick(self) -> None:
         try:
-            result = run_archive(self.config)
+            result = run_archive(self.config, carried=archiver.carried(self.archive))
         except LockedError as exc:  # a one-shot `matomo-rt archive` (cron) runs right now
             log.warning("core:archive: skipped this run: %s", exc)
             return

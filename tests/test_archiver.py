@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -201,6 +201,76 @@ def test_the_service_keeps_a_run_the_disk_refused_says_it_once_and_its_recovery(
     assert sample(text, 'matomo_rt_archive_problem{problem="state_unwritable"}') == 0
     assert sample(text, "matomo_rt_archive_state_write_failures_total") == 3
     assert sample(text, "matomo_rt_archive_runs_total") == 4
+
+
+def archive_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """How the console double's next runs end ("ok" or "fail")."""
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"mode": mode}))
+    monkeypatch.setenv("ARCHIVE_DOUBLE_CONTROL", str(control))
+
+
+def archive_state(tmp_path: Path) -> dict[str, Any]:
+    return json.loads((tmp_path / "state" / "archive.state.json").read_text())
+
+
+def test_runs_the_disk_refused_are_in_the_file_once_it_accepts_writes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One run recorded, then a full disk refuses the record of a failed and a successful run,
+    then space is freed and a failed run is recorded: the file says 4 runs, 2 failures and the
+    refused success's time, as the service's memory (metrics) does, not 2 runs counted from the
+    file's stale numbers."""
+    path = archive_config(tmp_path)
+    service = Service(load(path), path)
+    archive_mode(tmp_path, monkeypatch, "ok")
+    service._job("archive", service._archive_tick)
+    assert archive_state(tmp_path)["runs"] == 1
+    with monkeypatch.context() as full:
+        refuse_archive_writes(full)
+        archive_mode(tmp_path, full, "fail")
+        service._job("archive", service._archive_tick)
+        archive_mode(tmp_path, full, "ok")
+        service._job("archive", service._archive_tick)
+    refused_success = service.archive.last_success
+    assert service.archive.unwritable is not None
+    archive_mode(tmp_path, monkeypatch, "fail")
+    service._job("archive", service._archive_tick)  # the disk accepts the record again
+    document = archive_state(tmp_path)
+    assert (document["runs"], document["failures"]) == (4, 2)
+    assert document["last_success"] == refused_success
+    assert document["last_run"]["outcome"] == FAILURE
+    assert (service.archive.runs, service.archive.failures) == (4, 2)
+    assert service.archive.last_success == refused_success
+    assert service.archive.unwritable is None
+    text = render(service.metrics)
+    assert sample(text, "matomo_rt_archive_runs_total") == 4
+    assert sample(text, "matomo_rt_archive_failures_total") == 2
+    # Recorded now: the next run counts from the file alone, not the same runs twice.
+    archive_mode(tmp_path, monkeypatch, "ok")
+    service._job("archive", service._archive_tick)
+    assert archive_state(tmp_path)["runs"] == service.archive.runs == 5
+
+
+def test_one_shot_runs_between_refused_and_accepted_service_records_are_all_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's record is refused twice (its user may not write the state dir, say), a
+    one-shot `matomo-rt archive` from cron records a run meanwhile, then the service's record
+    is written: 1 + 2 + 1 + 1 runs, none lost to the other's count."""
+    path = archive_config(tmp_path)
+    config = load(path)
+    service = Service(config, path)
+    service._job("archive", service._archive_tick)
+    with monkeypatch.context() as refused:
+        refuse_archive_writes(refused)
+        service._job("archive", service._archive_tick)
+        service._job("archive", service._archive_tick)
+    assert run_archive(config).unrecorded is None  # the one-shot run, between service runs
+    assert archive_state(tmp_path)["runs"] == 2
+    service._job("archive", service._archive_tick)
+    assert archive_state(tmp_path)["runs"] == 5
+    assert service.archive.runs == 5
 
 
 def test_a_lock_that_cannot_be_had_is_one_line_not_a_traceback_every_hour(

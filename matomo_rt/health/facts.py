@@ -269,3 +269,7 @@ class ArchiveFacts:
     unwritable: Optional[str] = None
     unwritable_since: Optional[float] = None
     write_failures: int = 0
+    #: Runs (and failures among them) in this memory whose record the disk refused: the next
+    #: record written adds them to archive.state.json's counts, so the file catches up.
+    unrecorded_runs: int = 0
+    unrecorded_failures: int = 0
