@@ -1,34 +1,32 @@
-"""One log's durable record: its lock, position, statistics, quarantine and health facts.
+"""One log's durable record: its lock, position, statistics and quarantine (the commit).
 
 The LogState alone owns the state document: the position and the statistics are committed
 together in one atomic write, with the quarantine entries of the lines the position moves past
 (written first, never twice). A batch handed to import_logs.py is marked in the document while
-it is there, so a process killed mid-import leaves a trace the next start counts. What a pass
-does with the position (read, guard, import) is matomo_rt.pipeline's.
+it is there, so a process killed mid-import leaves a trace the next start counts. What this
+process learns of the log's health is matomo_rt.loghealth's; what a pass does with the
+position (read, guard, import) is matomo_rt.pipeline's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-from matomo_rt import detect, health, ledger
+from matomo_rt import ledger
 from matomo_rt.config import Config, LogConfig
 from matomo_rt.guard import Quarantine
 from matomo_rt.store import load_state, save_state
 from matomo_rt.tail import Batch, LogReader, SourceLock, StateError
-from matomo_rt.tail.position import Position, lag_bytes, stored_position
+from matomo_rt.tail.position import Position, stored_position
 
 log = logging.getLogger(__name__)
 
 #: State key present while a batch is with import_logs.py (see LogState._mark_in_flight).
 IN_FLIGHT = "in_flight"
-MAX_BACKOFF_SECONDS = 900.0
 #: Longer lines are quarantined (their first 64 KiB) without being held in memory. nginx's
 #: longest line (8 KiB request line, referrer and user agent, JSON-escaped) is far below.
 MAX_LINE_BYTES = 1 << 20
@@ -66,13 +64,8 @@ def _unread(document: dict[str, Any], position: Position, before: Position) -> l
     return listed
 
 
-def auth_key(url: Optional[str], token: Optional[str]) -> str:
-    """Changes when the URL or token changes: a new token lifts the authentication pause."""
-    return hashlib.sha256(f"{url}\0{token}".encode()).hexdigest()[:16]
-
-
 class LogState:
-    """One configured log: its lock, reader, quarantine, position and statistics.
+    """One configured log's record: its lock, reader, quarantine, position and statistics.
 
     Open it (taking the lock) for as long as this process works on the log; the service keeps
     it open, the one-shot commands for one pass. It alone owns the state document (the
@@ -84,22 +77,18 @@ class LogState:
         self,
         config: Config,
         log_config: LogConfig,
-        token: Optional[str] = None,
         dry_run: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.log_config = log_config
         self.name = log_config.name
-        self.token = token
         self.dry_run = dry_run
         self.clock = clock
         self.state_path, self.lock_path, quarantine_path = state_paths(config, log_config)
         self.quarantine = Quarantine(quarantine_path, self.name)
         self.lock = SourceLock(self.lock_path)
         self.reader: Optional[LogReader] = None
-        self.health = health.LogHealth()
-        self._pass_imported = 0  # requests imported by the running pass, for the health facts
         self._last_duration = 0.0  # seconds the last import_logs.py run took
         #: The state document as last written (or kept in memory while the disk refuses it).
         self.document: dict[str, Any] = {}
@@ -109,8 +98,6 @@ class LogState:
         self.quarantine_bytes = 0
         #: Quarantine entries of committed batches not yet durable (the disk refused them).
         self.pending: list[tuple[str, bytes]] = []
-        self.consecutive_failures = 0
-        self.retry_at = 0.0
         self.unsaved = False
         #: Since when and why the disk refuses this log's writes (None: the last one worked),
         #: and how many writes it refused: the verdict and the metrics say so.
@@ -141,7 +128,6 @@ class LogState:
         except BaseException:
             self.lock.release()
             raise
-        self.health = health.LogHealth.from_json(self.stats.get("health"))
         if IN_FLIGHT in self.document and not self.dry_run:
             self._count_dead_batch(self.document[IN_FLIGHT])
         return self
@@ -286,21 +272,6 @@ class LogState:
             # import them, and must know them from those this log reads itself.
             extra.setdefault(ledger.UNREAD_HISTORY, _unread(self.document, position, self.position))
         stats = self.stats
-        hosts = updates.pop("unmatched_hosts", ())
-        imported = int(updates.get("add_imported", 0))
-        self.health.note_batch(
-            self.clock(),
-            int(updates.get("add_lines_read", 0)),
-            # Lines the importer could not parse in the log's format count as held back too.
-            int(updates.get("add_quarantined", 0)) + int(updates.get("add_invalid", 0)),
-            imported,
-            int(updates.get("add_unmatched", 0)),
-            tuple(hosts),
-            pass_imported=self._pass_imported > 0,
-        )
-        self._pass_imported += imported
-        self._note_detection()
-        stats["health"] = self.health.to_json()
         for key, value in updates.items():
             if key.startswith("add_"):
                 name = key[4:]
@@ -354,99 +325,3 @@ class LogState:
         """Keep the offset, remember the error for `status`."""
         error = {"time": self.clock(), "outcome": outcome, "reason": reason}
         self._commit(self.position, last_error=error, add_failed_batches=1, **extra)
-
-    def auth_pause(self) -> dict[str, Any]:
-        """The statistics' record of a pause after Matomo refused the token: until when, and
-        for which URL and token (a new token lifts it)."""
-        return {
-            "until": self.clock() + health.AUTH_PAUSE_SECONDS,
-            "key": auth_key(self.config.matomo.url, self.token),
-        }
-
-    def auth_paused(self) -> Optional[str]:
-        """Why imports are paused after Matomo refused the token, or None."""
-        until = health.pause_until(
-            self.stats, auth_key(self.config.matomo.url, self.token), self.clock()
-        )
-        if until is None:
-            return None
-        return (
-            f"Matomo refused the token; paused until "
-            f"{time.strftime('%H:%M:%S', time.localtime(until))} to avoid Matomo blocking this"
-            " host after repeated failed logins. Fix matomo.token_auth_file (the pause lifts"
-            " when the token changes)"
-        )
-
-    def back_off(self) -> None:
-        """Wait longer after each failure in a row (the service's ticks honour retry_at)."""
-        self.consecutive_failures += 1
-        delay = min(
-            self.config.import_.interval * 2 ** (self.consecutive_failures - 1),
-            MAX_BACKOFF_SECONDS,
-        )
-        self.retry_at = self.clock() + delay
-        self.health.failures, self.health.retry_at = self.consecutive_failures, self.retry_at
-        self._save_health()
-
-    def _note_detection(self) -> None:
-        """Once the window says wrong format: look at the log's recent lines (matomo_rt.detect)
-        to name what they are and the fix; forgotten when the window is fine again."""
-        h = self.health
-        if not health.wrong_format(h, self.config.health):
-            h.detected = None
-            return
-        if h.detected is not None or self.log_config.format_regex:
-            return
-        try:
-            detection = detect.detect_file(self.log_config.path)
-        except OSError:
-            return  # the file problem is its own verdict
-        h.detected = detect.mismatch(self.log_config.format, detection) or ""
-
-    def _save_health(self) -> None:
-        """Persist a changed health fact (file problem, backoff) for `status` to see."""
-        if self.dry_run or self.reader is None or self.unsaved:
-            return
-        try:
-            self._commit(self.position)
-        except StateError as exc:
-            log.debug("%s: cannot record health facts: %s", self.name, exc)
-
-    def verdict(self) -> health.Verdict:
-        """This log's health from what this process knows (its memory, not the state file)."""
-        file = self.health.file
-        return health.judge_log(
-            health.log_facts(
-                self.name,
-                str(self.log_config.path),
-                self.document,
-                file_now=(file["kind"], str(file.get("reason", ""))) if file else None,
-                lag_bytes=self.lag_bytes(),
-                token_key=auth_key(self.config.matomo.url, self.token),
-                recorded=self.health,
-                log_format=format_name(self.log_config),
-                unwritable=self.write_failure[1] if self.write_failure else None,
-                unwritable_since=self.write_failure[0] if self.write_failure else None,
-                now=self.clock(),
-            ),
-            self.clock(),
-            self.config.health,
-        )
-
-    def lag_bytes(self) -> Optional[int]:
-        """Bytes of the live file not yet committed (rotated leftovers not counted)."""
-        try:
-            st = os.stat(self.log_config.path)
-        except OSError:
-            return None
-        current = self.position.current
-        if current is None:
-            return st.st_size
-        return lag_bytes(
-            current.dev, current.ino, current.offset or 0, st.st_size, st.st_dev, st.st_ino
-        )
-
-
-def format_name(log_config: LogConfig) -> str:
-    """The log's format as the health verdict names it."""
-    return "a custom format_regex" if log_config.format_regex else log_config.format

@@ -4,7 +4,7 @@ The offset moves only past lines Matomo holds (or that were quarantined, with th
 after a clean import the whole batch, after `--skip=N` exactly the lines before N, after an
 outcome nobody can know (the importer killed mid-batch) what `on_uncertain` says. Everything
 else keeps the offset, so the same batch is offered again later. The position, statistics and
-quarantine it commits are matomo_rt.logstate's.
+quarantine it commits are matomo_rt.logstate's, the health facts it feeds matomo_rt.loghealth's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional
 from matomo_rt import execute, health, workers
 from matomo_rt.config import Config, ConfigError, import_problems, load_token
 from matomo_rt.guard import GuardResult, checker, guarded_chunks
-from matomo_rt.logstate import MAX_LINE_BYTES, LogState
+from matomo_rt.loghealth import WatchedLog
+from matomo_rt.logstate import MAX_LINE_BYTES
 from matomo_rt.matomo import importer
 from matomo_rt.tail import Batch
 
@@ -52,7 +53,7 @@ class PassReport:
     file_problem: Optional[tuple[str, str]] = None
 
 
-class Source(LogState):
+class Source(WatchedLog):
     """A log's state and the import pass over it: read a batch from the position, guard it,
     hand it to import_logs.py (or to matomo_rt.workers on a backlog), commit what the outcome
     allows."""

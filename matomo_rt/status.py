@@ -18,7 +18,8 @@ from typing import Any, Optional
 
 from matomo_rt import health
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
-from matomo_rt.logstate import auth_key, format_name, state_paths
+from matomo_rt.loghealth import auth_key, format_name
+from matomo_rt.logstate import state_paths
 from matomo_rt.status_text import age, render_text
 from matomo_rt.store import StateError, load_state, lock_holder, process_started
 from matomo_rt.tail.position import lag_bytes

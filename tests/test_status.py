@@ -21,7 +21,8 @@ import pytest
 
 from matomo_rt import status, store
 from matomo_rt.config import Config, StateConfig, load
-from matomo_rt.logstate import auth_key, state_paths
+from matomo_rt.loghealth import auth_key
+from matomo_rt.logstate import state_paths
 from matomo_rt.pipeline import AUTH_PAUSE_SECONDS
 from matomo_rt.store import save_state
 from matomo_rt.tail import LogReader, Position

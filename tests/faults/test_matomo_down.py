@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from matomo_rt import config as config_mod
-from matomo_rt.logstate import MAX_BACKOFF_SECONDS
+from matomo_rt.loghealth import MAX_BACKOFF_SECONDS
 from matomo_rt.pipeline import open_sources
 from tests.faults.harness import Rig
 
