@@ -125,11 +125,11 @@ class LogState:
                 imported=ledger.imported_head(self.config.state.dir),
             )
             self.quarantine_bytes = self._committed_quarantine()
+            if IN_FLIGHT in self.document and not self.dry_run:
+                self._count_dead_batch(self.document[IN_FLIGHT])
         except BaseException:
-            self.lock.release()
+            self.lock.release()  # a start that fails holds nothing: the next one may go on
             raise
-        if IN_FLIGHT in self.document and not self.dry_run:
-            self._count_dead_batch(self.document[IN_FLIGHT])
         return self
 
     def _count_dead_batch(self, flight: Any) -> None:

@@ -1153,3 +1153,35 @@ def test_a_disk_that_refuses_the_in_flight_mark_sends_nothing(
         assert source.run_pass().caught_up
     assert rig.recorded() == lines_of(0, 5)
     assert "in_flight" not in rig.state_doc()
+
+
+def test_a_dead_batch_the_disk_refuses_to_count_releases_the_lock(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that finds a dead batch's mark and cannot save its count fails with the cause,
+    and lets go of the log's lock: the next start in the same process (a reload, a retry) is
+    not refused as if another matomo-rt held it."""
+    import matomo_rt.logstate
+    from matomo_rt.store import SourceLock
+    from matomo_rt.tail import StateError
+
+    config = rig.write_config(batch_lines=100)
+    rig.append(lines_of(0, 3))
+    (source,) = open_sources(config)
+    with source:
+        assert source.run_pass().caught_up
+    state_path, lock_path, _ = state_paths(config, config.logs[0])
+    document = json.loads(state_path.read_text())
+    document["in_flight"] = {"since": time.time(), "lines": 3, "end": document["position"]}
+    state_path.write_text(json.dumps(document))
+
+    def disk_full(path: Any, document: dict[str, Any]) -> None:
+        raise StateError(f"{path}: cannot write state: No space left on device")
+
+    monkeypatch.setattr(matomo_rt.logstate, "save_state", disk_full)
+    (source,) = open_sources(config)
+    with pytest.raises(StateError, match="No space left"):
+        source.open()
+    lock = SourceLock(lock_path)
+    lock.acquire()  # LockedError while the failed start still held it
+    lock.release()
