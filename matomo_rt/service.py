@@ -2,14 +2,14 @@
 
 APScheduler owns time: one import job per log and one archive job, each never overlapping
 itself (`max_instances=1`), collapsing missed runs into one (`coalesce`), with a generous misfire
-grace (the default of 1 s silently drops late runs on a busy host). The job bodies are the very
-functions the one-shot commands call. Signals only set flags or start a thread: the work they
-ask for (stop after the running batch, reload) happens outside the handler.
+grace (the default of 1 s silently drops late runs on a busy host). The job bodies (jobs.py) call
+the very functions the one-shot commands call; this module decides when they run and keeps the
+process around them: signals, stop and drain, reload, systemd. Signals only set flags or start a
+thread: the work they ask for (stop after the running batch, reload) happens outside the handler.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import queue
@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -27,15 +27,12 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from matomo_rt import archiver, execute, health, metrics
-from matomo_rt.archiver import run_archive
+from matomo_rt import execute
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.config import load as load_config
-from matomo_rt.health.announce import Announcer
+from matomo_rt.jobs import Jobs
 from matomo_rt.pipeline import Source, open_sources
-from matomo_rt.store import LockedError, ensure_dir
-from matomo_rt.tail import ReaderError, StateError
-from matomo_rt.token import TokenFile
+from matomo_rt.store import ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +66,12 @@ class _SkippedTickFilter(logging.Filter):
         return True
 
 
-class Service:
-    """Holds the sources (and their locks) for the life of the process."""
+class Service(Jobs):
+    """Holds the sources (and their locks) for the life of the process, and runs the jobs."""
 
     def __init__(self, config: Config, config_path: Path) -> None:
-        self.config = config
+        super().__init__(config)
         self.config_path = config_path
-        self.sources: dict[str, Source] = {}
         self.stopping = threading.Event()
         self.paused = threading.Event()
         self._active = 0
@@ -94,22 +90,6 @@ class Service:
             },
             job_defaults={"max_instances": 1, "coalesce": True},
         )
-        self.metrics_server: Any = None
-        self.tokens: Optional[TokenFile] = None
-        self._tokens_lock = threading.Lock()
-        #: What the last core:archive run did (read from its state once, then kept here).
-        self.archive = dataclasses.replace(archiver.load_facts(config), watched_since=time.time())
-        self.metrics = metrics.registry(
-            metrics.ServiceCollector(
-                lambda: list(self.sources.values()),
-                lambda: self.archive,
-                lambda: self.config.health,
-            )
-        )
-        #: A change of health is logged once (per log, and for core:archive).
-        self._announce_logs = Announcer(log)
-        self._announce_archive = Announcer(log)
-        self._textfile_failing = False
         #: Jobs whose running pass outlasted a tick (said once per pass).
         self._overran: set[str] = set()
         scheduler_log = logging.getLogger("apscheduler.scheduler")
@@ -117,7 +97,7 @@ class Service:
             scheduler_log.addFilter(_SkippedTickFilter())
         self.scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
 
-    # -- jobs ----------------------------------------------------------------------------
+    # -- scheduling ----------------------------------------------------------------------
 
     def _on_skipped(self, event: JobSubmissionEvent) -> None:
         """A tick came while the job's previous run still works: say so once per run."""
@@ -152,103 +132,12 @@ class Service:
                 self._active_cond.notify_all()
             self._after_job()
 
-    def _import_tick(self, source: Source) -> None:
-        try:
-            self._import_pass(source)
-        finally:
-            self._log_health(source)
-
-    def _token(self) -> Optional[str]:
-        """The token as the file says now (one stat per tick; re-read when it changed)."""
-        with self._tokens_lock:
-            if self.tokens is None or self.tokens.matomo != self.config.matomo:
-                self.tokens = TokenFile(self.config.matomo, self.config.source)
-            return self.tokens.current()
-
-    def _log_health(self, source: Source) -> None:
-        """Log a change of the log's health once: ERROR on the way in, INFO on recovery."""
-        if source.reader is None:
-            return
-        self._announce_logs.changes(
-            source.name, source.verdict(), time.time(), quiet=_LOGGED_WHERE_THEY_HAPPEN
-        )
-
-    def _import_pass(self, source: Source) -> None:
-        token = self._token()
-        if token != source.token:  # fixed in place: lifts an authentication pause at once
-            source.token = token
-            source.retry_at = 0.0
-        if time.time() < source.retry_at:
-            return  # backing off after a failure
-        # A reload, like a stop, waits for the running batch only, not the rest of a backlog.
-        try:
-            report = source.run_pass(
-                should_stop=lambda: self.stopping.is_set() or self.paused.is_set()
-            )
-        except (StateError, ReaderError) as exc:
-            # A user-fixable problem (permissions, disk full, a damaged state file): one line,
-            # and back off instead of a traceback every interval. A write the disk refused is
-            # the verdict's (state_unwritable): said once, not at every retry.
-            if not (isinstance(exc, StateError) and source.write_failure is not None):
-                log.error("%s: %s", source.name, exc)
-            source.back_off()
-            return
-        if report.batches:  # failures were logged, once, where they happened
-            log.info(
-                "%s: %d lines in %d batches, %d imported, %d quarantined",
-                source.name,
-                report.lines_read,
-                report.batches,
-                report.imported,
-                report.quarantined,
-            )
-        elif report.error:
-            log.debug("%s: %s", source.name, report.error)
-
-    def _archive_tick(self) -> None:
-        try:
-            result = run_archive(self.config, carried=archiver.carried(self.archive))
-        except LockedError as exc:  # a one-shot `matomo-rt archive` (cron) runs right now
-            log.warning("core:archive: skipped this run: %s", exc)
-            return
-        except StateError as exc:
-            # The state directory or the lock cannot be had (read-only, full, permissions):
-            # core:archive did not run. The verdict's state_unwritable says it, once.
-            refused = f"core:archive did not run: {exc}"
-            self.archive = archiver.after_write(self.archive, refused, time.time())
-            return
-        now = time.time()
-        # The run is in memory whatever the disk said, so the service's metrics and log know
-        # it worked (or failed); a refused record is the verdict's (said once, reminded).
-        self.archive = archiver.after_write(
-            archiver.after_run(self.archive, result, now), result.unrecorded, now
-        )
-
-    def _log_archive_health(self) -> None:
-        """A change of core:archive's health, once (its failures are logged as they happen)."""
-        now = time.time()
-        verdict = health.judge_archive(self.archive, now, self.config.health)
-        self._announce_archive.changes("archive", verdict, now, quiet={health.ARCHIVE_FAILING})
-
     def _watchdog(self) -> None:
         sd_notify("WATCHDOG=1")
 
     def _after_job(self) -> None:
-        """Publish metrics (from memory) and a status line after each job."""
-        self._log_archive_health()
-        if self.config.metrics.textfile is not None:
-            try:
-                metrics.write_textfile(self.config.metrics.textfile, metrics.render(self.metrics))
-            except Exception as exc:  # metrics must never stop imports
-                # Rewritten after every job: say it once (a full disk would say it every
-                # second), and once more when it works again.
-                if not self._textfile_failing:
-                    log.warning("%s (said once, until it is written again)", exc)
-                self._textfile_failing = True
-            else:
-                if self._textfile_failing:
-                    log.info("metrics.textfile: written again")
-                self._textfile_failing = False
+        """Publish what the job changed, and a status line for systemd."""
+        self._publish()
         sd_notify(f"STATUS=watching {len(self.sources)} logs")
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -303,19 +192,6 @@ class Service:
                 replace_existing=True,
                 misfire_grace_time=60,
             )
-
-    def _start_metrics_server(self) -> None:
-        if self.config.metrics.listen is None:
-            return
-        self.metrics_server = metrics.MetricsServer(
-            self.config.metrics.listen, lambda: metrics.render(self.metrics)
-        )
-        self.metrics_server.start()
-
-    def _stop_metrics_server(self) -> None:
-        if self.metrics_server is not None:
-            self.metrics_server.stop()
-            self.metrics_server = None
 
     def run(self) -> int:
         self.sources = self._open(self.config)
@@ -442,14 +318,7 @@ class Service:
                 try:
                     self.sources = self._open(new)
                     self.config = new
-                    self.archive = dataclasses.replace(
-                        self.archive,
-                        enabled=new.archive.enabled,
-                        # Archiving just switched on: expected from now, not from the start.
-                        watched_since=self.archive.watched_since
-                        if self.archive.enabled
-                        else time.time(),
-                    )
+                    self._archive_configured(new)
                 except Exception as exc:
                     log.error("reload: %s; keeping the running configuration", exc)
                     try:
@@ -472,9 +341,6 @@ class Service:
             log.info("reloaded %s: %d logs", self.config_path, len(self.sources))
             sd_notify("READY=1")
             return True
-
-
-_LOGGED_WHERE_THEY_HAPPEN = frozenset({health.IMPORT_FAILING, health.AUTH_PAUSED})
 
 
 def _job_id(name: str) -> str:
