@@ -118,6 +118,8 @@ class Service(Jobs):
         with self._active_cond:  # check and count at once: _wait_idle must see this job
             if self.stopping.is_set() or self.paused.is_set():
                 return
+            if importing and args[0] is not self.sources.get(args[0].name):
+                return  # handed out before a reload closed its source; the new job runs on
             self._active += 1
             self._importing += importing
         try:

@@ -583,3 +583,26 @@ def test_scheduled_archive_while_another_archive_runs_is_skipped_in_one_line(rig
     assert not [r for r in said if r.exc_info or r.levelno >= logging.ERROR], caplog.text
     assert any("held by pid" in r.getMessage() for r in said), caplog.text
     assert rig.archive_runs() == []
+
+
+def test_an_import_tick_handed_out_before_a_reload_and_run_after_it_is_skipped(rig, caplog):
+    """The scheduler can hand a tick to a thread just before a reload closes the sources, and
+    the thread may only get to it once the reload is done: that tick finds its source closed
+    and is skipped in silence, not an ERROR with a traceback ("open() the source first")."""
+    log_path = rig.logs / "access.log"
+    append(log_path, lines("r", 0, 2))
+    rig.write_config([("access", log_path)])
+    config = load(rig.config_path)
+    service = Service(config, rig.config_path)
+    service.sources = service._open(config)
+    before = service.sources["access"]
+    try:
+        assert service.reload()
+        with caplog.at_level(logging.INFO):
+            service._job("import access", service._import_tick, before)
+        said = [r for r in caplog.records if r.name.startswith("matomo_rt")]
+        assert not [r for r in said if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+        assert rig.importer_ends() == []  # nothing was sent for the stale tick
+    finally:
+        for source in service.sources.values():
+            source.close()
