@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from matomo_rt import health, workers
+from matomo_rt import health, openbatch
 from matomo_rt.store import atomic_write
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class ServiceCollector(Collector):
             for outcome, count in sorted((worker_runs or {}).items()):
                 if type(count) is int and count >= 0:
                     runs.add_metric([name, str(outcome)], count)
-            pending.add_metric([name], workers.pending_requests(source))
+            pending.add_metric([name], openbatch.pending_requests(source))
             write_failures.add_metric([name], source.write_failures)
             for kind in health.LOG_PROBLEMS:
                 problem.add_metric([name, kind], int(kind in kinds))

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from matomo_rt import execute, health, workers
+from matomo_rt import execute, health, openbatch, workers
 from matomo_rt.config import Config, ConfigError, import_problems, load_token
 from matomo_rt.guard import GuardResult, checker, guarded_chunks
 from matomo_rt.loghealth import WatchedLog
@@ -90,7 +90,7 @@ class Source(WatchedLog):
         limit = max_batches or self.config.import_.max_batches_per_tick
         while report.batches < limit and not should_stop():
             imp = self.config.import_
-            opened = workers.load_open(self)
+            opened = openbatch.load_open(self)
             if opened is not None:  # the same lines again, split the same way
                 batch = self.reader.read_batch(self.position, opened.lines, 1 << 62)
             else:  # up to one importer run's worth per worker

@@ -20,10 +20,10 @@ from matomo_rt import health
 from matomo_rt.config import TOKEN_ENV, Config, LogConfig
 from matomo_rt.loghealth import auth_key, format_name
 from matomo_rt.logstate import state_paths
+from matomo_rt.openbatch import OpenBatch
 from matomo_rt.status_text import age, render_text
 from matomo_rt.store import StateError, load_state, lock_holder, process_started
 from matomo_rt.tail.position import lag_bytes
-from matomo_rt.workers import OpenBatch
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _read_document(
 
 
 def _open_batch(data: Any) -> Optional[dict[str, Any]]:
-    """A batch split among workers with shares still to import (matomo_rt.workers)."""
+    """A batch split among workers with shares still to import (matomo_rt.openbatch)."""
     if not data:
         return None
     try:

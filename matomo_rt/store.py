@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 STATE_FORMAT = 1
-#: A document holding an open partitioned batch (matomo_rt.workers) is written as format 2: a
+#: A document holding an open partitioned batch (matomo_rt.openbatch) is written as format 2: a
 #: matomo-rt that predates it would ignore the batch and send its finished partitions again, so
 #: it must refuse the file loudly instead. Both load here.
 OPEN_BATCH_FORMAT = 2

@@ -3,35 +3,33 @@
 `--skip=N` is exact only with one recorder, so parallelism lives one level up: the batch's
 guarded lines are split by visitor (matomo_rt.partition) into K partitions, one import_logs.py
 with one recorder imports each, and each outcome is exact: all of its lines, the first N, or none
-(unknown only when a run was killed). Until every partition is done the state holds the open
-batch: its length, a digest of its bytes, where it ends, K, and how many lines of each partition
-Matomo holds. A retry reads the same lines again, splits them the same way and sends only what
-each partition lacks; K stays what the batch was opened with. So a failing worker costs only its
-own partition, and duplicates come only from runs killed in flight.
+(unknown only when a run was killed). Each outcome is committed as it arrives, into the open
+batch (matomo_rt.openbatch) that the state holds until every partition is done. A retry reads
+the same lines again, splits them the same way and sends only what each partition lacks; K stays
+what the batch was opened with. So a failing worker costs only its own partition, and
+duplicates come only from runs killed in flight.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 from matomo_rt.execute import STDIN_CHUNK
 from matomo_rt.guard import checker, guard
 from matomo_rt.matomo import importer
+from matomo_rt.openbatch import OpenBatch, digest
 from matomo_rt.partition import split, visitor_key
 from matomo_rt.store import StateError
-from matomo_rt.tail import Batch, Position
+from matomo_rt.tail import Batch
 
 if TYPE_CHECKING:
     from matomo_rt.pipeline import PassReport, Source
 
 log = logging.getLogger(__name__)
 
-OPEN_BATCH_VERSION = 1
 #: Combining outcomes: the most serious one names the batch's outcome.
 _SEVERITY = (
     importer.SUCCESS,
@@ -44,95 +42,15 @@ _SEVERITY = (
 )
 
 
-@dataclass
-class OpenBatch:
-    """A partitioned batch not yet wholly in Matomo; stored in the state as "open_batch"."""
-
-    workers: int
-    lines: int  # lines of the log the batch spans (what a retry reads again)
-    digest: str  # sha256 of those bytes: the retry's lines must be the same
-    end: Position  # where the log's position goes once every partition is done
-    sizes: list[int]  # lines handed to each partition's importer (after the Guard)
-    done: list[int] = field(default_factory=list)  # of those, lines Matomo holds (or skipped)
-
-    @property
-    def complete(self) -> bool:
-        return all(d >= s for d, s in zip(self.done, self.sizes))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": OPEN_BATCH_VERSION,
-            "workers": self.workers,
-            "lines": self.lines,
-            "digest": self.digest,
-            "end": self.end.to_json(),
-            "sizes": list(self.sizes),
-            "done": list(self.done),
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> OpenBatch:
-        """The stored batch; a damaged one is a StateError (never a silent restart)."""
-        try:
-            if data.get("version") != OPEN_BATCH_VERSION:
-                raise ValueError(f"version {data.get('version')!r} is not {OPEN_BATCH_VERSION}")
-            batch = cls(
-                workers=data["workers"],
-                lines=data["lines"],
-                digest=data["digest"],
-                end=Position.from_json(data["end"]),
-                sizes=list(data["sizes"]),
-                done=list(data["done"]),
-            )
-            counts = [batch.workers, batch.lines, *batch.sizes, *batch.done]
-            if not all(type(n) is int and n >= 0 for n in counts) or batch.workers < 1:
-                raise ValueError("counts must be whole numbers")
-            if len(batch.sizes) != batch.workers or len(batch.done) != batch.workers:
-                raise ValueError("one size and one count per worker")
-            if not isinstance(batch.digest, str):
-                raise ValueError("digest must be a string")
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise StateError(
-                f"{where}: the open batch in the state file is damaged ({exc}); move the file"
-                " aside and set the position with `matomo-rt seek`"
-            ) from None
-        return batch
-
-
-def load_open(source: Source) -> Optional[OpenBatch]:
-    """The batch a previous pass left open, if any."""
-    assert source.reader is not None
-    data = source.document.get("open_batch")
-    if not data:
-        return None
-    return OpenBatch.from_json(data, str(source.state_path))
-
-
 #: A new batch gets one worker per this many lines (or per batch_lines, if fewer), up to
 #: `workers`: every import_logs.py run costs a start-up and up to a second of polling at its
 #: end, whatever it imports, so a live log's few new lines keep one importer.
 LINES_PER_WORKER = 1000
 
 
-def pending_requests(source: Source) -> int:
-    """Requests of the open batch not yet in Matomo (0 when none is open or it is damaged)."""
-    try:
-        opened = load_open(source)
-    except StateError:
-        return 0
-    return 0 if opened is None else sum(opened.sizes) - sum(opened.done)
-
-
 def workers_for(configured: int, batch_lines: int, lines: int) -> int:
     """How many importers a new batch of `lines` lines gets (1: the unpartitioned path)."""
     return max(1, min(configured, lines // min(LINES_PER_WORKER, batch_lines)))
-
-
-def digest(batch: Batch) -> str:
-    h = hashlib.sha256()
-    for data in batch.chunks():
-        h.update(data)
-    return h.hexdigest()
 
 
 def _stdin(lines: Sequence[bytes], finished: list[bool]) -> Iterator[bytes]:
