@@ -3,36 +3,31 @@
 Each line is one finding: ``[ok]``, ``[warn]`` (works, but look), ``[FAIL] … — way out`` or
 ``[skip]`` (could not be checked because something before it failed or is not configured).
 
-This module checks what is on this host (configuration, logs and their format, state,
-interpreters, Matomo's files, the token file); matomo_rt.check_matomo asks Matomo itself.
+This module is the checklist and its order; the checks themselves ask three different things:
+matomo_rt.check_files what this user can reach on this host, matomo_rt.check_programs the
+interpreters and scripts, matomo_rt.check_matomo Matomo itself.
 """
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
-import stat
 import sys
-import tempfile
-from pathlib import Path
 from typing import Optional, TextIO
 
-from matomo_rt import detect, execute, formats
+from matomo_rt.check_files import (
+    RUN_AS_SERVICE,
+    check_log,
+    check_log_format,
+    check_matomo_tmp,
+    check_state,
+    check_token,
+)
 from matomo_rt.check_matomo import check_matomo
-from matomo_rt.config import TOKEN_ENV, Config, ConfigError, LogConfig, import_problems, load_token
-from matomo_rt.logstate import state_paths
-from matomo_rt.matomo import options
-from matomo_rt.store import StateError, load_state
+from matomo_rt.check_programs import check_formats, check_php, check_python
+from matomo_rt.config import Config, import_problems
 
 #: Seconds for each HTTP request to Matomo and each interpreter probe.
 DEFAULT_TIMEOUT = 15.0
-#: How to run `check` as the contrib systemd unit runs the service (User=www-data,
-#: Group=www-data, SupplementaryGroups=adm); README's quick start gives the same command.
-RUN_AS_SERVICE = "runuser -u www-data -g www-data -G adm -- matomo-rt check"
-#: Where core:archive writes under Matomo's tmp/ (caches, compiled templates, its CliMulti
-#: request files); each that exists must take a new file.
-ARCHIVE_TMP_DIRS = ("", "cache", "climulti", "templates_c", "logs")
 
 
 class Checklist:
@@ -81,382 +76,13 @@ def run_check(
         # A problem that names its own way out (after " — ") needs no generic one.
         c.fail(problem, "" if " — " in problem else "fix it in the configuration file")
     for log_config in config.logs:
-        if _check_log(c, log_config):
-            _check_log_format(c, log_config)
-    _check_state(c, config)
-    _check_python(c, config, timeout)
-    _check_formats(c, config, timeout)
-    _check_php(c, config, timeout)
-    _check_matomo_tmp(c, config)
-    token, token_ok = _check_token(c, config)
+        if check_log(c, log_config):
+            check_log_format(c, log_config)
+    check_state(c, config)
+    check_python(c, config, timeout)
+    check_formats(c, config, timeout)
+    check_php(c, config, timeout)
+    check_matomo_tmp(c, config)
+    token, token_ok = check_token(c, config)
     check_matomo(c, config, token, token_ok, timeout)
     return 1 if c.failures else 0
-
-
-# ------------------------------------------------------------------------------------------
-# Local checks
-# ------------------------------------------------------------------------------------------
-
-
-def _who() -> str:
-    """The user and groups this check runs as, the way `id` shows them."""
-    uid = os.geteuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = str(uid)
-    groups = []
-    for gid in dict.fromkeys([os.getegid(), *os.getgroups()]):
-        try:
-            groups.append(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            groups.append(str(gid))
-    return f"user {name} (uid {uid}, groups {','.join(groups)})"
-
-
-def _owner(st: os.stat_result) -> str:
-    """ "owner root:www-data, mode 0640" for a file's stat."""
-    try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        user = str(st.st_uid)
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    return f"owner {user}:{group}, mode {stat.S_IMODE(st.st_mode):04o}"
-
-
-def _check_log(c: Checklist, log_config: LogConfig) -> bool:
-    """Whether the log is there and readable (its format can be looked at)."""
-    path = log_config.path
-    name = log_config.name
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        c.fail(
-            f"log {name}: {path}: no such file",
-            "fix logs.path, or start the web server so it creates the log",
-        )
-        return False
-    except OSError as exc:
-        c.fail(f"log {name}: {path}: {_reason(exc)}", f"let {_who()} reach the log")
-        return False
-    if not stat.S_ISREG(st.st_mode):
-        c.fail(f"log {name}: {path}: not a regular file", "point logs.path at the log file")
-        return False
-    if not os.access(path, os.R_OK):
-        c.fail(
-            f"log {name}: {path}: not readable by {_who()} ({_owner(st)})",
-            "add the service's user to the log's group (e.g. adm)",
-        )
-        return False
-    try:
-        with open(path, "rb") as fh:
-            fh.read(1)
-    except OSError as exc:
-        c.fail(f"log {name}: {path}: cannot read: {_reason(exc)}", "check its permissions")
-        return False
-    try:
-        os.listdir(path.parent)
-    except OSError as exc:
-        c.fail(
-            f"log {name}: {path.parent}: cannot list the directory ({_reason(exc)})",
-            "rotated generations are found by listing it: give the service's user r-x on it",
-        )
-        return False
-    c.ok(f"log {name}: {path} is readable ({st.st_size:,} bytes)")
-    return True
-
-
-def _check_log_format(c: Checklist, log_config: LogConfig) -> None:
-    name = log_config.name
-    fmt = log_config.log_format.label
-    try:
-        found = detect.detect_file(log_config.path)
-    except OSError as exc:
-        c.fail(f"log {name}: {log_config.path}: cannot read: {_reason(exc)}")
-        return
-    if not found.lines:
-        c.skip(f"log {name}: format: the log has no complete line yet")
-        return
-    problem = detect.mismatch(fmt, found)
-    if problem is None:
-        if found.share_of(fmt) is None:
-            c.skip(f"log {name}: format {fmt} cannot be verified here ({found.summary()})")
-        else:
-            c.ok(f"log {name}: {found.summary()}")
-        return
-    text = f"log {name}: {log_config.path} {problem}"
-    if found.share_of(fmt) is not None and found.share_of(fmt) >= detect.WRONG_BELOW:
-        c.warn(text)
-    else:
-        head, _, way_out = text.partition(" — ")
-        c.fail(head, way_out)
-
-
-def _check_state(c: Checklist, config: Config) -> None:
-    directory = config.state.dir
-    if not directory.exists():
-        ancestor = directory.parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK):
-            c.warn(
-                f"state directory {directory} does not exist yet: `matomo-rt run` creates it, "
-                f"`matomo-rt import` needs it (create it: install -d -m 0750 {directory})"
-            )
-        else:
-            c.fail(
-                f"state directory {directory}: does not exist and cannot be created "
-                f"({ancestor} is {'not a directory' if not ancestor.is_dir() else 'not writable'})",
-                f"create it: install -d -m 0750 -o <service user> {directory}, or set state.dir",
-            )
-        return
-    if not directory.is_dir():
-        c.fail(f"state directory {directory}: not a directory", "set state.dir to a directory")
-        return
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".matomo-rt-check.", dir=directory)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        c.fail(
-            f"state directory {directory}: cannot create a file ({_reason(exc)})",
-            f"make it writable by the service's user: chown <user> {directory}",
-        )
-        return
-    c.ok(f"state directory {directory} is writable")
-    for log_config in config.logs:
-        state_path = state_paths(config, log_config)[0]
-        try:
-            document = load_state(state_path)
-        except StateError as exc:
-            c.fail(f"log {log_config.name}: {exc}")
-            continue
-        if document is not None:
-            c.ok(f"log {log_config.name}: state file {state_path} is readable")
-
-
-def _check_python(c: Checklist, config: Config, timeout: float) -> None:
-    python = config.matomo.python
-    try:
-        done = execute.run(
-            [python, "-c", "import sys; print(sys.version)"], timeout=timeout, max_output=65536
-        )
-    except execute.ExecError as exc:
-        c.fail(f"matomo.python: {exc}", "install Python 3 or set matomo.python to its path")
-    else:
-        version = done.stdout.decode("utf-8", "replace").strip().splitlines()
-        if done.ok and version:
-            if version[0].startswith("2."):
-                c.fail(
-                    f"matomo.python: {python} is Python {version[0].split()[0]}",
-                    "import_logs.py needs Python 3: set matomo.python = python3",
-                )
-            else:
-                c.ok(f"python: {python} runs (Python {version[0].split()[0]})")
-        else:
-            c.fail(f"matomo.python: {python}: {done.describe()}", "check the interpreter")
-    script = config.matomo.import_logs_script
-    if script is None:
-        c.skip("import_logs.py: matomo.path is not set")
-    elif script.is_file():
-        if os.access(script, os.R_OK):
-            c.ok(f"import_logs.py: {script}")
-            _check_flags(c, config, script, timeout)
-        else:
-            c.fail(f"import_logs.py: {script}: not readable by {_who()}", "fix its permissions")
-    # A missing script is already reported by import_problems().
-
-
-def _check_flags(c: Checklist, config: Config, script: Path, timeout: float) -> None:
-    """Resolve every configured flag against the script's own options, as argparse will."""
-    try:
-        done = execute.run(
-            [config.matomo.python, "-c", options.PROBE, str(script)],
-            timeout=timeout,
-            max_output=1 << 20,
-        )
-    except execute.ExecError:
-        return  # the interpreter itself was reported above
-    found = options.parse_probe(done.stdout.decode("utf-8", "replace"))
-    if found is None:
-        c.warn(f"import_logs.py: could not read its options ({done.describe()}): flags unchecked")
-        return
-    where = [("import.flags", config.import_.flags)]
-    where += [(f"logs {log.name}: flags", log.flags) for log in config.logs if log.flags]
-    problems = 0
-    for key, flags in where:
-        for finding in options.resolve(flags, found):
-            problems += 1
-            if finding.fatal:
-                c.fail(f"{key}: {finding.text}", "import_logs.py would refuse every batch; fix it")
-            else:
-                c.warn(f"{key}: {finding.text}")
-    if not problems:
-        count = sum(len(flags) for _, flags in where)
-        c.ok(f"import_logs.py knows every configured flag ({count})")
-
-
-def _check_formats(c: Checklist, config: Config, timeout: float) -> None:
-    """Each log's format against the names the configured import_logs.py itself lists."""
-    script = config.matomo.import_logs_script
-    named = {log.log_format.name for log in config.logs if log.format_regex is None}
-    if script is None or not script.is_file() or not named:
-        return
-    try:
-        done = execute.run(
-            [config.matomo.python, str(script), "--help"], timeout=timeout, max_output=1 << 20
-        )
-    except execute.ExecError:
-        return  # the interpreter's failure is reported by _check_python
-    offered = formats.names_in_help(done.stdout.decode("utf-8", "replace"))
-    if offered is None or not done.ok:
-        c.skip("log formats: import_logs.py --help lists no format names")
-        return
-    for log_config in config.logs:
-        name = log_config.log_format.name
-        if log_config.format_regex is not None:
-            continue
-        if name in offered:
-            c.ok(f"log {log_config.name}: import_logs.py reads format {name}")
-        else:
-            c.fail(
-                f"log {log_config.name}: format {name} is not one this import_logs.py reads"
-                f" ({', '.join(sorted(offered))})",
-                "upgrade Matomo's log-analytics, or set logs.format to one of those",
-            )
-
-
-def _check_php(c: Checklist, config: Config, timeout: float) -> None:
-    if not config.archive.enabled:
-        c.skip("archiving is disabled (archive.enabled = false): php not checked")
-        return
-    php = config.matomo.php
-    disable = "or set archive.enabled = false if another host runs core:archive"
-    try:
-        done = execute.run([php, "--version"], timeout=timeout, max_output=65536)
-    except execute.ExecError as exc:
-        c.fail(f"matomo.php: {exc}", f"install php-cli, set matomo.php to its path, {disable}")
-    else:
-        first = done.stdout.decode("utf-8", "replace").strip().splitlines()
-        if done.ok and first:
-            c.ok(f"php: {php} runs ({first[0].strip()})")
-        else:
-            c.fail(f"matomo.php: {php} --version: {done.describe()}", f"check it, {disable}")
-    console = config.matomo.console
-    if console is None:
-        c.fail("matomo.path is not set: core:archive needs Matomo's console", disable)
-    elif console.is_file():
-        c.ok(f"console: {console}")
-    else:
-        c.fail(f"matomo.path: {console}: no such file (Matomo's console)", f"fix it, {disable}")
-
-
-def _check_token(c: Checklist, config: Config) -> tuple[Optional[str], bool]:
-    """(token, usable)."""
-    path = config.matomo.token_auth_file
-    if path is not None and _token_file_unusable(c, config, path):
-        return None, False
-    try:
-        token = load_token(config.matomo, config.source)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            c.fail(problem, "put the token_auth of a user with write access in it")
-        return None, False
-    if token is None:
-        c.warn(
-            f"no token: matomo.token_auth_file is not set and ${TOKEN_ENV} is empty; "
-            "import_logs.py then asks Matomo's console for one, which works only on the Matomo "
-            "host itself"
-        )
-        return None, False
-    if path is None:
-        c.ok(f"token from ${TOKEN_ENV}")
-        return token, True
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o004:
-        c.warn(f"token file {path} is readable by every user (mode {mode:04o}): chmod o-r {path}")
-    else:
-        c.ok(f"token file {path} (mode {mode:04o})")
-    return token, True
-
-
-def _token_file_unusable(c: Checklist, config: Config, path: Path) -> bool:
-    """Fail (and say True) for a token file that is missing or that this user cannot read.
-
-    The two need opposite advice: a missing file is created, an unreadable one is almost
-    always right and checked as the wrong user or group.
-    """
-    key = f"{config.source.name}: matomo.token_auth_file: {path}"
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        c.fail(
-            f"{key}: no such file",
-            "create it with the token_auth of a user with write access (Matomo: "
-            f"Administration > Personal > Security > Auth tokens): install -m 0640 -g "
-            f"<the service's group> /dev/null {path}, then put the token in it",
-        )
-        return True
-    except OSError as exc:
-        c.fail(
-            f"{key}: {_who()} cannot reach it ({_reason(exc)})",
-            f"give the service's user search (x) permission on {path.parent} and its parents",
-        )
-        return True
-    try:
-        with open(path, "rb"):
-            pass
-    except PermissionError:
-        c.fail(
-            f"{key}: exists but is not readable by {_who()} ({_owner(st)})",
-            "the service reads it as its user and group: check as the service runs "
-            f"({RUN_AS_SERVICE}), or let that user or group read it (chgrp <the service's "
-            f"group> {path}; chmod 0640 {path})",
-        )
-        return True
-    except OSError as exc:
-        c.fail(f"{key}: cannot read: {_reason(exc)}", "check the file")
-        return True
-    return False
-
-
-def _check_matomo_tmp(c: Checklist, config: Config) -> None:
-    """core:archive writes caches and request files under <matomo>/tmp: test that it can."""
-    if not config.archive.enabled or config.matomo.path is None:
-        return  # said by _check_php
-    tmp = config.matomo.path / "tmp"
-    if not tmp.is_dir():
-        c.fail(
-            f"Matomo's tmp/ {tmp}: no such directory (core:archive writes there)",
-            "check matomo.path; Matomo creates tmp/ when it is installed",
-        )
-        return
-    for sub in ARCHIVE_TMP_DIRS:
-        directory = tmp / sub if sub else tmp
-        if sub and not directory.is_dir():
-            continue
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".matomo-rt-check.", dir=directory)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
-            try:
-                owner = f"; {_owner(directory.stat())}"
-            except OSError:
-                owner = ""
-            c.fail(
-                f"Matomo's tmp/: {_who()} cannot create files in {directory} "
-                f"({_reason(exc)}{owner}): core:archive would fail",
-                "run matomo-rt as the user Matomo's files belong to (the web server's user, "
-                f"e.g. www-data), or make {tmp} writable by the service's user (chown -R "
-                f"<user> {tmp}), or set archive.enabled = false if another host archives",
-            )
-            return
-    c.ok(f"Matomo's tmp/ {tmp} is writable (core:archive)")
-
-
-def _reason(exc: OSError) -> str:
-    return (exc.strerror or str(exc)).lower()

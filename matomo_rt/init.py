@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from matomo_rt import detect, formats
-from matomo_rt.check import RUN_AS_SERVICE
+from matomo_rt.check_files import RUN_AS_SERVICE
 from matomo_rt.config import IMPORT_LOGS_SOURCE, MatomoConfig, load
 from matomo_rt.errors import ConfigError
 

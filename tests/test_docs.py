@@ -86,7 +86,7 @@ def test_readme_commands_table_lists_every_command() -> None:
 
 
 def test_readme_runs_check_as_check_and_init_advise() -> None:
-    from matomo_rt.check import RUN_AS_SERVICE
+    from matomo_rt.check_files import RUN_AS_SERVICE
 
     assert RUN_AS_SERVICE in (ROOT / "README.md").read_text()
 

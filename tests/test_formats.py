@@ -327,7 +327,8 @@ def test_check_compares_the_format_with_the_scripts_own_list(tmp_path: Path) -> 
     """An older import_logs.py without caddy_json: `check` fails that log, names the choices."""
     import io
 
-    from matomo_rt.check import Checklist, _check_formats
+    from matomo_rt.check import Checklist
+    from matomo_rt.check_programs import check_formats
 
     old = tmp_path / "import_logs.py"
     old.write_text(
@@ -341,7 +342,7 @@ def test_check_compares_the_format_with_the_scripts_own_list(tmp_path: Path) -> 
     text += 'format = "combined"\nidsite = 2\n'
     out = io.StringIO()
     c = Checklist(out)
-    _check_formats(c, load_text(tmp_path, text), timeout=30)
+    check_formats(c, load_text(tmp_path, text), timeout=30)
     assert c.failures == 1
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[FAIL] log access.log: format caddy_json is not one this")
