@@ -150,11 +150,8 @@ def check_state(c: Checklist, config: Config) -> None:
     if not directory.is_dir():
         c.fail(f"state directory {directory}: not a directory", "set state.dir to a directory")
         return
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".matomo-rt-check.", dir=directory)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
+    exc = _cannot_create_file(directory)
+    if exc is not None:
         c.fail(
             f"state directory {directory}: cannot create a file ({_reason(exc)})",
             f"make it writable by the service's user: chown <user> {directory}",
@@ -256,11 +253,8 @@ def check_matomo_tmp(c: Checklist, config: Config) -> None:
         directory = tmp / sub if sub else tmp
         if sub and not directory.is_dir():
             continue
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".matomo-rt-check.", dir=directory)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
+        exc = _cannot_create_file(directory)
+        if exc is not None:
             try:
                 owner = f"; {_owner(directory.stat())}"
             except OSError:
@@ -274,6 +268,17 @@ def check_matomo_tmp(c: Checklist, config: Config) -> None:
             )
             return
     c.ok(f"Matomo's tmp/ {tmp} is writable (core:archive)")
+
+
+def _cannot_create_file(directory: Path) -> Optional[OSError]:
+    """Why this user cannot create a file in `directory` (None: it can; the probe is removed)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".matomo-rt-check.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _reason(exc: OSError) -> str:
