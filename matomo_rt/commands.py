@@ -11,8 +11,9 @@ from matomo_rt import health
 from matomo_rt.config import Config, ConfigError, import_problems
 from matomo_rt.matomo import importer
 from matomo_rt.meter import eta
+from matomo_rt.openbatch import load_open
 from matomo_rt.pipeline import PassReport, Source, open_sources
-from matomo_rt.store import ensure_dir
+from matomo_rt.store import StateError, ensure_dir
 from matomo_rt.tail import LockedError
 
 log = logging.getLogger(__name__)
@@ -139,10 +140,22 @@ def run_seek(config: Config, name: str, to: str) -> int:
         return EXIT_TEMPFAIL
     try:
         try:
+            opened = load_open(source)
+        except StateError:
+            opened = None  # damaged: seek moves past it all the same
+        try:
             position = source.seek(to)
         except ValueError as exc:
             log.error("seek --to %s: %s", to, exc)
             return 2
+        if opened is not None:
+            log.warning(
+                "%s: the open batch of %d lines is left behind: %d of its requests are not in"
+                " Matomo and will not be sent",
+                name,
+                opened.lines,
+                sum(opened.sizes) - sum(opened.done),
+            )
         current = position.current
         if to == "oldest":
             log.info(

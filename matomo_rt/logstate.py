@@ -206,6 +206,9 @@ class LogState:
         assert self.reader is not None, "open() the source first"
         position = self.reader.seek_position(to)
         unread = _unread(self.document, position, self.position)
+        # An open batch (matomo_rt.openbatch) ends here: what follows the new position is new
+        # lines, not that batch's retry.
+        self.document = {k: v for k, v in self.document.items() if k != "open_batch"}
         self._commit(position, document={ledger.UNREAD_HISTORY: unread})
         return position
 

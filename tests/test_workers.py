@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from matomo_rt.commands import run_seek
 from matomo_rt.matomo import importer
 from matomo_rt.partition import json_ip, split
 from matomo_rt.pipeline import open_sources
@@ -345,3 +346,33 @@ def test_outcomes_the_disk_refused_are_kept_and_never_sent_again(
         assert source.run_pass().caught_up
     assert tally(data, rig.recorded()) == (0, 0)
     assert len(rig.starts()) == 3  # the failed worker's rest only
+
+
+def test_seek_leaves_no_open_batch_behind(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """`seek` moves past an open batch for good: what comes after is imported once, as new
+    lines, not mistaken for the batch's retry ("may be counted twice", an uncertain batch)."""
+    config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
+    data = lines_of(0, 20)
+    rig.append(data)
+    parts = partitions(data, 2)
+    rig.set_control(fatal_at_path=path_of(parts[0][2]))
+    assert one_pass(config).outcome == importer.PARTIAL
+    assert open_batch(rig) is not None
+    before = rig.recorded()
+
+    with caplog.at_level(logging.WARNING):
+        assert run_seek(config, "web", "end") == 0
+    assert open_batch(rig) is None and state_format(rig) == 1
+    assert "left behind" in caplog.text  # what seek abandons is said
+
+    later = lines_of(20, 40)
+    rig.append(later)
+    rig.clear_control()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        report = one_pass(config)
+    assert "counted twice" not in caplog.text and "cannot be read again" not in caplog.text
+    assert report.outcome == importer.SUCCESS and report.uncertain == 0 and report.caught_up
+    assert rig.recorded()[len(before) :] and tally(data + later, rig.recorded())[1] == 0
+    assert sorted(rig.recorded()[len(before) :]) == sorted(later)
+    assert rig.stats().get("uncertain_batches", 0) == 0
