@@ -24,7 +24,7 @@ from matomo_rt.guard import GuardResult, checker, guarded_chunks
 from matomo_rt.loghealth import WatchedLog
 from matomo_rt.logstate import MAX_LINE_BYTES
 from matomo_rt.matomo import importer
-from matomo_rt.tail import Batch
+from matomo_rt.tail import Batch, Position
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +171,8 @@ class Source(WatchedLog):
                     reason="import_logs.py exited before reading the whole batch",
                 )
         if result.outcome == importer.REFUSED:
-            # Requests older than Matomo accepts are refused on every retry: name the way out.
             result = dataclasses.replace(
-                result,
-                reason=f"{result.reason}; if they are older than Matomo accepts, no retry will"
-                f" change that: move past this batch with {self._seek_past(batch)}",
+                result, reason=self.refused_reason(result.reason, batch.end)
             )
         report.outcome = result.outcome
         report.unmatched_hosts.update(result.unmatched_hosts)
@@ -229,9 +226,18 @@ class Source(WatchedLog):
         self._record_error(result.outcome, result.reason, **extra)
         return False
 
-    def _seek_past(self, batch: Batch) -> str:
-        """The command that moves this log's position to the end of `batch`, quoted."""
-        end = batch.end.current
+    def refused_reason(self, reason: Optional[str], end: Position) -> str:
+        """`reason` for a batch Matomo refused whole, naming the way past the batch ending at
+        `end`: requests older than Matomo accepts are refused on every retry (the workers path
+        says the same of the batch it holds open)."""
+        return (
+            f"{reason}; if they are older than Matomo accepts, no retry will change that: move"
+            f" past this batch with {self._seek_past(end)}"
+        )
+
+    def _seek_past(self, position: Position) -> str:
+        """The command that moves this log's position to `position`, quoted."""
+        end = position.current
         try:
             st = os.stat(self.log_config.path)
             live = end is not None and end.same_file(st.st_dev, st.st_ino)

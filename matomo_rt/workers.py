@@ -12,6 +12,7 @@ duplicates come only from runs killed in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -201,6 +202,8 @@ def _record_run(
 ) -> None:
     """Move partition p's count past what Matomo holds and make it durable at once."""
     assert source.reader is not None
+    if result.outcome == importer.REFUSED:  # refused on every retry, perhaps: say the way out
+        result = dataclasses.replace(result, reason=source.refused_reason(result.reason, state.end))
     tally.add(worker, result)
     report.unmatched_hosts.update(result.unmatched_hosts)
     todo = state.sizes[p] - state.done[p]

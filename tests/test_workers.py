@@ -187,6 +187,40 @@ def test_one_worker_refused_by_matomo(rig: Rig, k: int) -> None:
 
 
 @pytest.mark.parametrize("k", [2, 4])
+def test_a_partition_matomo_refuses_names_the_way_past_its_batch(
+    rig: Rig, k: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partition Matomo refuses every time (requests older than it accepts) keeps its batch
+    open forever: the error names the seek that ends that batch, as on the single path, and
+    that seek works: the next pass imports only the lines written after the batch."""
+    config = rig.write_config(batch_lines=10, workers=k)
+    data = lines_of(0, 10 * k)
+    rig.append(data)
+    parts = partitions(data, k)
+    rig.set_control(refuse_paths=[path_of(x) for x in parts[0]])
+    with caplog.at_level(logging.ERROR):
+        report = one_pass(config)
+    assert report.outcome == importer.REFUSED and open_batch(rig)["done"][0] == 0
+    end = len(b"".join(data))
+    hint = f"matomo-rt seek --log web --to {end}"
+    assert hint in (report.error or "") and hint in caplog.text
+    caplog.clear()
+    assert "older than Matomo accepts" in (report.error or "")
+    assert rig.stats()["last_error"]["reason"] == report.error
+    before = rig.recorded()
+
+    later = lines_of(10 * k, 10 * k + 5)
+    rig.append(later)
+    with caplog.at_level(logging.WARNING):
+        assert run_seek(config, "web", str(end)) == 0
+    assert f"{len(parts[0])} of its requests are not in Matomo" in caplog.text
+    assert open_batch(rig) is None
+    rig.clear_control()
+    assert one_pass(config).caught_up
+    assert rig.recorded() == before + later
+
+
+@pytest.mark.parametrize("k", [2, 4])
 def test_matomo_down_then_back(rig: Rig, k: int) -> None:
     """Down: every run fails before sending; nothing held, no batch left open. After that
     failure one importer tries first, so a Matomo that is still down sees one run."""
