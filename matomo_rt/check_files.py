@@ -172,8 +172,11 @@ def check_state(c: Checklist, config: Config) -> None:
 def check_token(c: Checklist, config: Config) -> tuple[Optional[str], bool]:
     """(token, usable)."""
     path = config.matomo.token_auth_file
-    if path is not None and _token_file_unusable(c, config, path):
-        return None, False
+    st = None  # the token file's, when there is one: its mode is from this one look
+    if path is not None:
+        st = _usable_token_file(c, config, path)
+        if st is None:
+            return None, False
     try:
         token = load_token(config.matomo, config.source)
     except ConfigError as exc:
@@ -187,10 +190,10 @@ def check_token(c: Checklist, config: Config) -> tuple[Optional[str], bool]:
             "host itself"
         )
         return None, False
-    if path is None:
+    if st is None:
         c.ok(f"token from ${TOKEN_ENV}")
         return token, True
-    mode = stat.S_IMODE(path.stat().st_mode)
+    mode = stat.S_IMODE(st.st_mode)
     if mode & 0o004:
         c.warn(f"token file {path} is readable by every user (mode {mode:04o}): chmod o-r {path}")
     else:
@@ -198,8 +201,9 @@ def check_token(c: Checklist, config: Config) -> tuple[Optional[str], bool]:
     return token, True
 
 
-def _token_file_unusable(c: Checklist, config: Config, path: Path) -> bool:
-    """Fail (and say True) for a token file that is missing or that this user cannot read.
+def _usable_token_file(c: Checklist, config: Config, path: Path) -> Optional[os.stat_result]:
+    """The token file's stat; or fail (and say None) when it is missing or this user cannot
+    read it.
 
     The two need opposite advice: a missing file is created, an unreadable one is almost
     always right and checked as the wrong user or group.
@@ -214,13 +218,13 @@ def _token_file_unusable(c: Checklist, config: Config, path: Path) -> bool:
             f"Administration > Personal > Security > Auth tokens): install -m 0640 -g "
             f"<the service's group> /dev/null {path}, then put the token in it",
         )
-        return True
+        return None
     except OSError as exc:
         c.fail(
             f"{key}: {who()} cannot reach it ({_reason(exc)})",
             f"give the service's user search (x) permission on {path.parent} and its parents",
         )
-        return True
+        return None
     try:
         with open(path, "rb"):
             pass
@@ -231,11 +235,11 @@ def _token_file_unusable(c: Checklist, config: Config, path: Path) -> bool:
             f"({RUN_AS_SERVICE}), or let that user or group read it (chgrp <the service's "
             f"group> {path}; chmod 0640 {path})",
         )
-        return True
+        return None
     except OSError as exc:
         c.fail(f"{key}: cannot read: {_reason(exc)}", "check the file")
-        return True
-    return False
+        return None
+    return st
 
 
 def check_matomo_tmp(c: Checklist, config: Config) -> None:

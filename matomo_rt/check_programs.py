@@ -85,16 +85,20 @@ def check_formats(c: Checklist, config: Config, timeout: float) -> None:
     """Each log's format against the names the configured import_logs.py itself lists."""
     script = config.matomo.import_logs_script
     named = {log.log_format.name for log in config.logs if log.format_regex is None}
-    if script is None or not script.is_file() or not named:
-        return
+    if script is None or not named or not script.is_file() or not os.access(script, os.R_OK):
+        return  # missing or unreadable: said by import_problems() or check_python
     try:
         done = execute.run(
             [config.matomo.python, str(script), "--help"], timeout=timeout, max_output=1 << 20
         )
     except execute.ExecError:
         return  # the interpreter's failure is reported by check_python
+    if not done.ok:
+        # Its --help failing says nothing of its formats: name why it did not run.
+        c.skip(f"log formats: not checked: import_logs.py could not be run ({done.describe()})")
+        return
     offered = formats.names_in_help(done.stdout.decode("utf-8", "replace"))
-    if offered is None or not done.ok:
+    if offered is None:
         c.skip("log formats: import_logs.py --help lists no format names")
         return
     for log_config in config.logs:

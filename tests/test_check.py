@@ -734,3 +734,45 @@ def test_hosts_are_sampled_in_the_logs_format(env: dict[str, Path], matomo: Chec
     assert code == 0, text
     looked_up = [c["params"]["url"] for c in matomo.calls() if c.get("method", "").endswith("Url")]
     assert sorted(looked_up) == ["example.com", "example.com", "example.com", "shop.example"]
+
+
+def test_a_python_that_cannot_open_the_importer_says_so_not_no_format_names(
+    env: dict[str, Path], matomo: CheckMatomo
+) -> None:
+    """Root reads every file, so "unreadable" is a python that starts but cannot open the script
+    (as for the service's user): the formats line must not blame the script's --help."""
+    python = env["tmp"] / "bin" / "python3"
+    python.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -c ] && [ "$2" = "import sys; print(sys.version)" ]; then'
+        f' exec {sys.executable} "$@"; fi\n'
+        'echo "python3: can\'t open file: [Errno 13] Permission denied" >&2\nexit 2\n'
+    )
+    python.chmod(0o755)
+    config = make_config(env, matomo.url)
+    config.source.write_text(config.source.read_text().replace(sys.executable, str(python)))
+    code, text = check(load(config.source))
+    assert code == 0, text
+    assert "lists no format names" not in text
+    [formats] = [line for line in text.splitlines() if line.startswith("[skip] log formats")]
+    assert "not checked: import_logs.py could not be run" in formats
+    assert "Permission denied" in formats
+
+
+def test_a_token_file_gone_after_its_read_is_one_line_not_a_traceback(
+    env: dict[str, Path], matomo: CheckMatomo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleted between `check` reading the token and looking at its mode: one finding."""
+    from matomo_rt import check_files
+
+    real = check_files.load_token
+
+    def load_then_delete(*args: Any) -> Optional[str]:
+        token = real(*args)
+        env["token"].unlink()
+        return token
+
+    monkeypatch.setattr(check_files, "load_token", load_then_delete)
+    code, text = check(make_config(env, matomo.url))
+    assert code == 0, text
+    assert f"[ok] token file {env['token']} (mode 0640)" in text
