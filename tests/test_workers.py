@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from matomo_rt.commands import run_seek
+from matomo_rt.config import Config
 from matomo_rt.matomo import importer
 from matomo_rt.partition import json_ip, split
 from matomo_rt.pipeline import open_sources
@@ -69,6 +70,17 @@ def open_batch(rig: Rig) -> Any:
 
 def state_format(rig: Rig) -> int:
     return rig.state_doc()["format"]
+
+
+def one_worker_fails(rig: Rig, victim: int) -> tuple[Config, list[bytes], list[list[bytes]]]:
+    """Two workers on 20 lines; worker `victim` fails at its 3rd line: the batch stays open."""
+    config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
+    data = lines_of(0, 20)
+    rig.append(data)
+    parts = partitions(data, 2)
+    rig.set_control(fatal_at_path=path_of(parts[victim][2]))
+    assert one_pass(config).outcome == importer.PARTIAL
+    return config, data, parts
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -245,12 +257,7 @@ def test_matomo_down_then_back(rig: Rig, k: int) -> None:
 
 
 def test_the_workers_of_an_open_batch_do_not_change(rig: Rig, caplog) -> None:
-    config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
-    data = lines_of(0, 20)
-    rig.append(data)
-    parts = partitions(data, 2)
-    rig.set_control(fatal_at_path=path_of(parts[1][2]))
-    assert one_pass(config).outcome == importer.PARTIAL
+    config, data, _ = one_worker_fails(rig, victim=1)
     assert open_batch(rig)["workers"] == 2
 
     rig.clear_control()
@@ -271,12 +278,7 @@ def test_an_open_batch_whose_lines_changed_is_imported_again_and_said(
 ) -> None:
     """The retry must find the same bytes; if the file was replaced under it, the finished
     partitions cannot be told apart: everything is sent again, counted as uncertain."""
-    config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
-    data = lines_of(0, 20)
-    rig.append(data)
-    parts = partitions(data, 2)
-    rig.set_control(fatal_at_path=path_of(parts[0][2]))
-    assert one_pass(config).outcome == importer.PARTIAL
+    config, data, _ = one_worker_fails(rig, victim=0)
     before = len(rig.recorded())
     doc = rig.state_doc()
     doc["open_batch"]["digest"] = "0" * 64  # as if other bytes were there now
@@ -323,12 +325,7 @@ def test_status_and_metrics_show_worker_outcomes_and_the_open_batch(rig: Rig) ->
     from matomo_rt import status
     from tests.test_metrics import exposition, log_sample
 
-    config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
-    data = lines_of(0, 20)
-    rig.append(data)
-    parts = partitions(data, 2)
-    rig.set_control(fatal_at_path=path_of(parts[1][2]))
-    assert one_pass(config).outcome == importer.PARTIAL
+    config, _, parts = one_worker_fails(rig, victim=1)
 
     [entry] = status.collect(config)["logs"]
     assert entry["worker_runs"] == {"success": 1, "partial": 1}
@@ -385,12 +382,7 @@ def test_outcomes_the_disk_refused_are_kept_and_never_sent_again(
 def test_seek_leaves_no_open_batch_behind(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     """`seek` moves past an open batch for good: what comes after is imported once, as new
     lines, not mistaken for the batch's retry ("may be counted twice", an uncertain batch)."""
-    config = rig.write_config(batch_lines=10, workers=2, flags=SMALL_POSTS)
-    data = lines_of(0, 20)
-    rig.append(data)
-    parts = partitions(data, 2)
-    rig.set_control(fatal_at_path=path_of(parts[0][2]))
-    assert one_pass(config).outcome == importer.PARTIAL
+    config, data, _ = one_worker_fails(rig, victim=0)
     assert open_batch(rig) is not None
     before = rig.recorded()
 
