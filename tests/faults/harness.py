@@ -218,14 +218,15 @@ dir = "{self.state_dir}"
         *,
         delay: float = 2.5,
         ends: int = 5,
+        patience: float = 1.0,
     ) -> str:
         """SIGKILL `proc` at the point `mode` names; where it happened, or "exited".
 
         `early`: within 0.3 s (start-up, lock, the first batch); `random`: within `delay` s;
         `after_end`: right after 1 to `ends` more importer runs ended (between an importer's
         exit and the commit), waiting at most 10 s; `state_tmp`: while a state temp file
-        exists, waiting at most 5 s. The delay is the random variable here, not a wait for
-        something to happen.
+        exists, waiting at most 5 s. Both waits are times `patience` (a slower run: longer).
+        The delay is the random variable here, not a wait for something to happen.
         """
         if mode == "early":
             time.sleep(rng.uniform(0.0, 0.3))
@@ -233,12 +234,13 @@ dir = "{self.state_dir}"
             time.sleep(rng.uniform(0.0, delay))
         elif mode == "after_end":
             target = self._ended() + rng.randint(1, ends)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 10 * patience
             while proc.poll() is None and time.monotonic() < deadline:
                 if self._ended() >= target:
                     break
+                time.sleep(0.005)  # polling the call log, not spinning on it beside the run
         elif mode == "state_tmp":
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 5 * patience
             while proc.poll() is None and time.monotonic() < deadline:
                 if any(n.endswith(".tmp") for n in os.listdir(self.state_dir)):
                     break

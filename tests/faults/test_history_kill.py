@@ -14,7 +14,6 @@ import gzip
 import lzma
 import os
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -48,29 +47,6 @@ def _history(rig: Rig, rng: random.Random) -> tuple[list[Path], list[bytes]]:
     return files, written
 
 
-def _kill_at(rig: Rig, proc, mode: str, rng: random.Random) -> str:
-    if mode == "random":
-        time.sleep(rng.uniform(0.0, 2.5))
-    elif mode == "after_end":
-        ends = sum(1 for c in rig.calls() if c.get("event") == "end")
-        target = ends + rng.randint(1, 5)
-        deadline = time.monotonic() + 15
-        while proc.poll() is None and time.monotonic() < deadline:
-            if sum(1 for c in rig.calls() if c.get("event") == "end") >= target:
-                break
-            time.sleep(0.005)
-    else:
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            if any(n.endswith(".tmp") for n in os.listdir(rig.state_dir)):
-                break
-    if proc.poll() is not None:
-        return "exited"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return mode
-
-
 def _states_valid(rig: Rig) -> None:
     for name in os.listdir(rig.state_dir):
         if name.startswith("history-") and name.endswith(".state.json"):
@@ -91,7 +67,7 @@ def test_import_files_killed_at_random_points(tmp_path: Path, result) -> None:
         kills_here = 0
         for _ in range(20):
             proc = rig.popen(*args)
-            where = _kill_at(rig, proc, rng.choice(MODES), rng)
+            where = rig.kill_at(proc, rng.choice(MODES), rng, patience=2.0)
             if where == "exited":
                 assert proc.returncode == 0, proc.stderr.read().decode(errors="replace")
                 break
