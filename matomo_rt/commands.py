@@ -154,7 +154,7 @@ def run_seek(config: Config, name: str, to: str) -> int:
                 " Matomo and will not be sent",
                 name,
                 opened.lines,
-                sum(opened.sizes) - sum(opened.done),
+                opened.pending,
             )
         current = position.current
         if to == "oldest":

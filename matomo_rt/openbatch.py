@@ -36,6 +36,11 @@ class OpenBatch:
     def complete(self) -> bool:
         return all(d >= s for d, s in zip(self.done, self.sizes))
 
+    @property
+    def pending(self) -> int:
+        """Requests handed to the partitions' importers that Matomo does not hold yet."""
+        return sum(self.sizes) - sum(self.done)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "version": OPEN_BATCH_VERSION,
@@ -91,7 +96,7 @@ def pending_requests(source: LogState) -> int:
         opened = load_open(source)
     except StateError:
         return 0
-    return 0 if opened is None else sum(opened.sizes) - sum(opened.done)
+    return 0 if opened is None else opened.pending
 
 
 def digest(batch: Batch) -> str:
